@@ -1,0 +1,7 @@
+"""Gymnasium registration of the tokengym environment ids."""
+
+from __future__ import annotations
+
+
+def register_envs() -> None:
+    pass

@@ -1,0 +1,3 @@
+from tokengym.cli import main
+
+raise SystemExit(main())
