@@ -1,0 +1,49 @@
+"""Advantage estimation and masked statistics (checklist 19, 22-24)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Population variance over masked entries (the unbiased one misbehaves on tiny minibatches)."""
+    mean = masked_mean(x, mask)
+    return masked_mean((x - mean) ** 2, mask)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise ``x`` to unit variance over ``mask``; ``shift_mean=False`` keeps the mean (rewards)."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded token sequences.
+
+    rewards, values, mask: (B, T); mask is 1 on real response tokens. Positions after the last real
+    token neither contribute nor bootstrap: the episode ends there (V after the end is 0).
+    Returns (advantages, returns), each (B, T), zero where mask is 0.
+    """
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        m = mask[:, t]
+        next_value = values[:, t + 1] * mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        # `last` carries the advantage of t+1; it is 0 beyond the end because masked steps reset it.
+        last = (delta + gamma * lam * last) * m
+        advantages[:, t] = last
+    returns = (advantages + values) * mask
+    return advantages, returns

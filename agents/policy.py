@@ -1,0 +1,123 @@
+"""The LM policy with a value head, and the frozen reference model.
+
+The value head is a linear layer on the policy's last hidden state, **zero-initialised** (checklist
+21): at the start V = 0 everywhere, so the first advantages are the whitened returns and a random
+critic cannot inject noise into the first policy updates. Sharing the trunk halves the forward cost
+(one forward gives log-probs and values together); the price is that value gradients reach the LM,
+kept small by ``vf_coef``.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from typing import ContextManager
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .rollout import position_ids_from_mask
+
+
+def hidden_size(model: PreTrainedModel) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+
+class ValueHead(nn.Module):
+    """Scalar value per position: (B, T, H) -> (B, T)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden_states.float()).squeeze(-1)
+
+
+def response_forward(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    temperature: float,
+    want_hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits that predict each response token, and optionally the hidden states there.
+
+    input_ids, attention_mask: (B, P+T). Position ids follow the mask (checklist 3). Logits are
+    computed only at the T positions that predict response tokens (P-1 .. P+T-2), never over the
+    prompt: that is most of the LM-head cost saved. Returns logits (B, T, V) fp32 divided by the
+    sampling temperature (checklist 6, 30) and hidden (B, T, H) or None.
+    """
+    T = input_ids.shape[1] - prompt_len
+    keep = torch.arange(prompt_len - 1, prompt_len + T - 1, device=input_ids.device)
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=keep, output_hidden_states=want_hidden, use_cache=False,
+    )
+    logits = out.logits.float() / temperature
+    hidden = out.hidden_states[-1][:, prompt_len - 1 : prompt_len + T - 1] if want_hidden else None
+    return logits, hidden
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 log-prob of ``tokens`` (B, T) under ``logits`` (B, T, V), and the entropy (B, T)."""
+    logp_all = torch.log_softmax(logits[..., :vocab], dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+class ActorCritic(nn.Module):
+    """Causal LM policy + zero-initialised value head, and access to the frozen reference.
+
+    With ``lora`` (a ``peft.LoraConfig``) the base weights are frozen and the reference is the
+    same model with its adapters disabled: one set of weights in memory, and backward skips the
+    weight gradients of the base. Without it the reference is a frozen deep copy.
+    """
+
+    def __init__(self, model: PreTrainedModel, vocab_size: int, lora: object | None = None) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        if lora is not None:
+            from peft import get_peft_model
+
+            self.policy = get_peft_model(model, lora)
+            self.reference: nn.Module | None = None
+        else:
+            self.policy = model
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.value_head = ValueHead(hidden_size(model))
+        self.policy.eval()  # dropout off for policy, reference and value (checklist 26)
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.reference is None
+
+    def reference_context(self) -> ContextManager:
+        return self.policy.disable_adapter() if self.uses_lora else nullcontext()
+
+    def evaluate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Policy log-probs, entropies and values of the response tokens, each (B, T) fp32."""
+        logits, hidden = response_forward(self.policy, input_ids, attention_mask, prompt_len, temperature, True)
+        logp, entropy = token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size)
+        return logp, entropy, self.value_head(hidden)
+
+    @torch.inference_mode()
+    def reference_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float
+    ) -> torch.Tensor:
+        """Log-probs of the response tokens under the frozen reference, (B, T) fp32."""
+        model = self.policy if self.uses_lora else self.reference
+        with self.reference_context():
+            logits, _ = response_forward(model, input_ids, attention_mask, prompt_len, temperature)
+        return token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size)[0]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,517 @@
+"""Token-level PPO with a KL penalty against a frozen reference model.
+
+Reads top to bottom like CleanRL's ``ppo.py``: ``learn`` repeats *rollout -> score -> optimise*;
+``_make_experience`` turns a rollout into per-token rewards, advantages and returns; ``_update``
+is the clipped PPO update. Each item of ``shared/PPO_CHECKLIST.md`` is marked ``[cN]`` where it
+is implemented. Items declined or delegated:
+
+* [c11] per-process sampling seeds: ``seed + rank`` (see ``tokengym.distributed``).
+* [c12-15] reward-model details live in ``tokengym.rewards`` / ``tokengym.feedback``.
+* [c10] an episode stops at the first EOS (``terminated``) or at ``max_new_tokens`` (``truncated``);
+  everything after the stop token is padding outside the loss mask.
+* [c32] loss aggregation is a **token mean** over the minibatch (every generated token weighs the
+  same, so long responses are not down-weighted as a per-sequence mean would do).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from tqdm.auto import tqdm
+
+from tokengym import distributed as dist
+from tokengym.config import from_dict
+from tokengym.envs import BatchedTextEnv
+from tokengym.utils import atomic_directory, atomic_write_text, seed_everything
+
+from .advantages import gae, masked_mean, masked_var, masked_whiten
+from .kl import AdaptiveKLController, FixedKLController, KLEstimator, kl_per_token
+from .logger import MetricsLogger
+from .policy import ActorCritic
+from .rollout import CachedSampler, RolloutBatch
+
+
+class NonFiniteError(FloatingPointError):
+    """Training kept producing non-finite values; the message names the quantity."""
+
+
+@dataclass
+class PPOConfig:
+    """Every knob of the PPO agent; defaults follow the PPO-for-LM literature."""
+
+    seed: int = 0
+    batch_size: int = 16  # episodes per rollout (= num_envs)
+    minibatch_size: int = 8  # episodes per optimiser step [c27]
+    micro_batch_size: int = 8  # episodes per forward/backward inside a minibatch (grad accumulation)
+    ppo_epochs: int = 4  # [c27]
+    learning_rate: float = 1e-5
+    anneal_lr: bool = True  # linear to 0 over the run [c28]
+    adam_eps: float = 1e-5  # [c29]
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0  # the same divides logits when sampling and scoring [c6]
+    gamma: float = 1.0  # [c22]
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2  # value loss clipped around old values [c25]
+    vf_coef: float = 0.1
+    ent_coef: float = 0.0
+    kl_coef: float = 0.05  # initial beta
+    adaptive_kl: bool = True  # [c18]
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    kl_estimator: Literal["k1", "k3"] = "k1"  # [c17]
+    whiten_rewards: bool = False  # [c19]
+    whiten_advantages: bool = True  # [c24]
+    missing_eos_penalty: float | None = None  # subtracted from the score of a response without EOS [c9]
+    score_clip: float | None = None  # [c20]
+    score_scaling: bool = False  # divide scores by their running std [c20]
+    target_kl: float | None = None  # early-stop an epoch when approx-KL exceeds it [c31]
+    ratio_threshold: float | None = 10.0  # skip a minibatch whose mean ratio exceeds it [c31]
+    max_nonfinite_updates: int = 3  # consecutive skipped minibatches before training stops
+    lora_r: int = 0  # 0 = full fine-tuning; >0 trains LoRA adapters of this rank
+    lora_alpha: int = 16
+    lora_target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    sample_every: int = 5  # log a table of samples every K iterations
+    checkpoint_every: int = 0  # 0 = only at the end
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PPOConfig":
+        return from_dict(cls, data)
+
+    def validate(self) -> None:
+        if self.batch_size % self.minibatch_size or self.minibatch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of minibatch_size ({self.minibatch_size}), "
+                f"which must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.whiten_rewards and self.minibatch_size < 8:
+            raise ValueError("whiten_rewards needs minibatch_size >= 8 (moments of fewer samples are noise) [c19]")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class Experience:
+    """A rollout turned into PPO targets; every tensor is (B, T) unless noted."""
+
+    batch: RolloutBatch
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    kl: torch.Tensor  # per-token KL estimate, masked
+    scores: torch.Tensor  # (B,) task score after penalties/clipping
+
+
+class PPOAgent:
+    """Token-level PPO: policy = causal LM, value head on its last hidden state, frozen reference.
+
+    Shapes in docstrings: B episodes, P prompt columns, T response columns, V vocabulary.
+    """
+
+    def __init__(
+        self,
+        env: BatchedTextEnv,
+        model: Any = None,
+        config: PPOConfig | None = None,
+        run_dir: str | None = None,
+    ) -> None:
+        self.config = config or PPOConfig()
+        self.config.validate()
+        if env.num_envs != self.config.batch_size:
+            raise ValueError(f"env.num_envs ({env.num_envs}) must equal config.batch_size ({self.config.batch_size})")
+        self.env = env
+        self.rank = dist.rank()
+        # [c11] each process samples with its own seed; initialisation is seeded identically.
+        seed_everything(self.config.seed)
+        if model is None or isinstance(model, str):
+            from tokengym.models import load_causal_lm
+
+            _, model = load_causal_lm(model if model is not None else env.model_spec)
+        if model.get_input_embeddings().num_embeddings < env.vocab_size:
+            raise ValueError(
+                f"mismatched tokenizers: the model has {model.get_input_embeddings().num_embeddings} embeddings "
+                f"but the env's vocabulary has {env.vocab_size} tokens"
+            )
+        lora = None
+        if self.config.lora_r > 0:
+            from peft import LoraConfig
+
+            lora = LoraConfig(
+                r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
+                target_modules=list(self.config.lora_target_modules), bias="none",
+            )
+        self.ac = ActorCritic(model, env.vocab_size, lora=lora)
+        self.ac.policy.config.use_cache = False
+        self.sampler = CachedSampler(self.ac.policy, temperature=self.config.temperature)
+        self.optimizer = torch.optim.Adam(self.ac.trainable_parameters(), lr=self.config.learning_rate, eps=self.config.adam_eps)
+        self.kl_ctl: FixedKLController = (
+            AdaptiveKLController(self.config.kl_coef, self.config.kl_target, self.config.kl_horizon)
+            if self.config.adaptive_kl else FixedKLController(self.config.kl_coef)
+        )
+        self.sample_gen = torch.Generator().manual_seed(self.config.seed + 1000 * self.rank)
+        self.shuffle_gen = torch.Generator().manual_seed(self.config.seed)
+        self.env_seeded = False
+        self.iteration = 0
+        self.total_iterations = 1
+        self.score_moments = [0.0, 0.0, 0.0]  # count, mean, M2 (Welford) for score scaling
+        self.nonfinite_streak = 0
+        self.nonfinite_total = 0
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.logger = MetricsLogger(run_dir, enabled=self.rank == 0)
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------
+    def learn(
+        self, iterations: int, callback: Callable[[int, dict[str, float]], None] | None = None,
+        progress: bool = True,
+    ) -> list[dict[str, float]]:
+        """Run ``iterations`` of generate -> score -> optimise; returns the metric rows."""
+        self.total_iterations = max(self.total_iterations, iterations)
+        bar = tqdm(total=iterations, initial=self.iteration, desc="PPO", disable=not progress or self.rank != 0)
+        while self.iteration < iterations:
+            metrics = self.step()
+            bar.update(1)
+            bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}", beta=f"{metrics['beta']:.3f}")
+            if callback is not None:
+                callback(self.iteration, metrics)
+            every = self.config.checkpoint_every
+            if self.run_dir and every and self.iteration % every == 0 and self.iteration < iterations:
+                self.save_checkpoint(self.run_dir / "checkpoint")
+        bar.close()
+        if self.run_dir:
+            self.save_checkpoint(self.run_dir / "checkpoint")
+            if self.rank == 0:
+                self.logger.plot()
+        return self.logger.rows
+
+    def step(self) -> dict[str, float]:
+        """One iteration: a rollout, the experience built from it, the PPO update, the KL controller."""
+        t0 = time.perf_counter()
+        seed = None if self.env_seeded else self.config.seed + 1000 * self.rank
+        self.env_seeded = True
+        batch = self.sampler.rollout(self.env, seed=seed, generator=self.sample_gen)
+        t_rollout = time.perf_counter() - t0
+        exp = self._make_experience(batch)
+        t1 = time.perf_counter()
+        stats = self._update(exp)
+        t_update = time.perf_counter() - t1
+        # [c18] the controller sees the per-sequence summed KL, averaged over all ranks' episodes.
+        mean_kl = dist.all_reduce_mean(exp.kl.sum(1).mean()).item()
+        self.kl_ctl.update(mean_kl, len(batch) * dist.world_size())
+        self.iteration += 1
+        metrics = self._metrics(exp, stats, mean_kl, t_rollout, t_update, time.perf_counter() - t0)
+        self.logger.log(self.iteration, metrics)
+        if self.config.sample_every and self.iteration % self.config.sample_every == 0:
+            self.logger.log_samples(self.iteration, self.sample_table(exp))
+        return metrics
+
+    # ------------------------------------------------------------------------------------------
+    # Experience: scores, KL penalty, advantages
+    # ------------------------------------------------------------------------------------------
+    def _process_scores(self, batch: RolloutBatch) -> torch.Tensor:
+        scores = batch.scores.clone()
+        if self.config.missing_eos_penalty is not None:  # [c9]
+            scores = torch.where(batch.stopped, scores, scores - self.config.missing_eos_penalty)
+        if self.config.score_scaling:  # [c20] running std, mean kept
+            n, mean, m2 = self.score_moments
+            for s in scores.tolist():
+                n += 1
+                d = s - mean
+                mean += d / n
+                m2 += d * (s - mean)
+            self.score_moments = [n, mean, m2]
+            std = math.sqrt(m2 / n) if n > 1 else 1.0
+            scores = scores / max(std, 1e-8)
+        if self.config.score_clip is not None:
+            scores = scores.clamp(-self.config.score_clip, self.config.score_clip)
+        return scores
+
+    @torch.inference_mode()
+    def _make_experience(self, batch: RolloutBatch) -> Experience:
+        cfg = self.config
+        ids, attn, P = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
+        mask = batch.response_mask
+        # [c7] old log-probs and values come from a forward equal to the training forward (eval
+        # mode, fp32 log-softmax), not from the sampler's cached steps: ratio == 1 exactly at first.
+        old_logp, old_values = [], []
+        for s in range(0, len(batch), cfg.micro_batch_size):
+            lp, _, v = self.ac.evaluate(ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P, cfg.temperature)
+            old_logp.append(lp)
+            old_values.append(v)
+        old_logp = torch.cat(old_logp) * mask
+        old_values = torch.cat(old_values) * mask
+        ref_logp = torch.cat([
+            self.ac.reference_logprobs(ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P, cfg.temperature)
+            for s in range(0, len(batch), cfg.micro_batch_size)
+        ]) * mask
+        scores = self._process_scores(batch)
+        # [c16] per-token reward: -beta * KL_t, plus the task score on the last real token [c23].
+        kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
+        rewards = -self.kl_ctl.beta * kl
+        last = (batch.lengths - 1).clamp(min=0)
+        rewards[torch.arange(len(batch)), last] += scores
+        if cfg.whiten_rewards:  # [c19] population variance, mean kept
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # [c22]
+        if cfg.whiten_advantages:  # [c24]
+            advantages = masked_whiten(advantages, mask)
+        return Experience(batch, old_logp, ref_logp, old_values, rewards, advantages, returns, kl, scores)
+
+    # ------------------------------------------------------------------------------------------
+    # The PPO update
+    # ------------------------------------------------------------------------------------------
+    def _lr_now(self) -> float:
+        if not self.config.anneal_lr:  # [c28]
+            return self.config.learning_rate
+        frac = 1.0 - self.iteration / max(self.total_iterations, 1)
+        return self.config.learning_rate * max(frac, 0.0)
+
+    def _update(self, exp: Experience) -> dict[str, float]:
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr_now()
+        ids, attn, P = exp.batch.input_ids, exp.batch.attention_mask, exp.batch.prompt_ids.shape[1]
+        mask = exp.batch.response_mask
+        B = len(exp.batch)
+        log: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac", "ratio_mean", "ratio_var")}
+        first_ratio = None
+        skipped = 0
+        self.ac.policy.train(False)  # [c26] dropout stays off during the update too
+        for epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(B, generator=self.shuffle_gen)  # [c27] reshuffle every epoch
+            epoch_kls = []
+            for start in range(0, B, cfg.minibatch_size):
+                mb = perm[start : start + cfg.minibatch_size]
+                n_tokens = mask[mb].sum().clamp(min=1)
+                self.optimizer.zero_grad(set_to_none=True)
+                mb_stats = {k: 0.0 for k in log}
+                bad = None
+                for s in range(0, len(mb), cfg.micro_batch_size):
+                    idx = mb[s : s + cfg.micro_batch_size]
+                    m = mask[idx]
+                    new_logp, entropy, new_values = self.ac.evaluate(ids[idx], attn[idx], P, cfg.temperature)
+                    log_ratio = (new_logp - exp.old_logprobs[idx]) * m
+                    ratio = torch.exp(log_ratio)
+                    adv = exp.advantages[idx]
+                    # Clipped surrogate: the pessimistic bound of the unclipped and clipped objectives.
+                    pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
+                    # [c25] value loss clipped around the old values, factor 0.5.
+                    v_old = exp.old_values[idx]
+                    v_clipped = v_old + (new_values - v_old).clamp(-cfg.clip_range_value, cfg.clip_range_value)
+                    ret = exp.returns[idx]
+                    vf_losses = torch.max((new_values - ret) ** 2, (v_clipped - ret) ** 2)
+                    # [c32] token mean over the whole minibatch: micro-batches add up to it exactly.
+                    pg_loss = (pg_losses * m).sum() / n_tokens
+                    vf_loss = 0.5 * (vf_losses * m).sum() / n_tokens
+                    ent = (entropy * m).sum() / n_tokens
+                    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent
+                    if not torch.isfinite(loss):
+                        bad = "loss" if torch.isfinite(new_logp).all() else "policy log-probs"
+                        break
+                    loss.backward()
+                    with torch.no_grad():
+                        w = m.sum() / n_tokens
+                        mb_stats["pg_loss"] += pg_loss.item()
+                        mb_stats["vf_loss"] += vf_loss.item()
+                        mb_stats["entropy"] += ent.item()
+                        mb_stats["approx_kl"] += (((ratio - 1) - log_ratio) * m).sum().item() / n_tokens.item()
+                        mb_stats["clipfrac"] += (((ratio - 1).abs() > cfg.clip_range).float() * m).sum().item() / n_tokens.item()
+                        mb_stats["vf_clipfrac"] += (((new_values - v_old).abs() > cfg.clip_range_value).float() * m).sum().item() / n_tokens.item()
+                        mb_stats["ratio_mean"] += (masked_mean(ratio, m) * w).item()
+                        mb_stats["ratio_var"] += (masked_var(ratio, m) * w).item()
+                        if first_ratio is None:
+                            first_ratio = masked_mean(ratio, m).item()
+                if bad is None:
+                    dist.all_reduce_grads(self.ac.trainable_parameters())
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.ac.trainable_parameters(), cfg.max_grad_norm)
+                    if not torch.isfinite(grad_norm):
+                        bad = "gradient norm"
+                if bad is None and cfg.ratio_threshold is not None and mb_stats["ratio_mean"] > cfg.ratio_threshold:
+                    bad = f"ratio mean {mb_stats['ratio_mean']:.2f} > ratio_threshold"
+                if bad is not None:
+                    self._skip_minibatch(bad)
+                    skipped += 1
+                    continue
+                self.nonfinite_streak = 0
+                self.optimizer.step()
+                for k, v in mb_stats.items():
+                    log[k].append(v)
+                epoch_kls.append(mb_stats["approx_kl"])
+            if cfg.target_kl is not None and epoch_kls:
+                if dist.all_reduce_mean(torch.tensor(float(np.mean(epoch_kls)))).item() > cfg.target_kl:
+                    break  # [c31] early stop: the policy moved far enough from the rollout policy
+        self.optimizer.zero_grad(set_to_none=True)
+        out = {k: float(np.mean(v)) if v else float("nan") for k, v in log.items()}
+        out["first_ratio"] = float("nan") if first_ratio is None else first_ratio
+        out["skipped_minibatches"] = float(skipped)
+        out["epochs_run"] = float(epoch + 1)
+        return out
+
+    def _skip_minibatch(self, what: str) -> None:
+        """[issue 9] non-finite loss/gradients skip the update; a streak of them stops training."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_streak += 1
+        self.nonfinite_total += 1
+        warnings.warn(f"PPO: skipped a minibatch at iteration {self.iteration} because of a bad {what}", RuntimeWarning, stacklevel=2)
+        if self.nonfinite_streak >= self.config.max_nonfinite_updates:
+            raise NonFiniteError(
+                f"{self.nonfinite_streak} consecutive minibatches skipped at iteration {self.iteration}: "
+                f"the {what} kept going bad (lower the learning rate or check the reward)"
+            )
+
+    # ------------------------------------------------------------------------------------------
+    # Metrics and samples [c33]
+    # ------------------------------------------------------------------------------------------
+    def _metrics(self, exp: Experience, stats: dict[str, float], mean_kl: float, t_roll: float, t_upd: float, t_all: float) -> dict[str, float]:
+        b, mask = exp.batch, exp.batch.response_mask
+        tokens = mask.sum().item()
+        var_ret = masked_var(exp.returns, mask).item()
+        explained = 1 - masked_var(exp.returns - exp.old_values, mask).item() / var_ret if var_ret > 0 else float("nan")
+        gather = lambda x: dist.all_reduce_mean(torch.as_tensor(float(x))).item()  # noqa: E731
+        score = gather(b.scores.mean())
+        out = {
+            "score": score,
+            "gold_score": gather(b.gold_scores.mean()) if b.gold_scores is not None else float("nan"),
+            "kl": mean_kl,
+            "beta": self.kl_ctl.beta,
+            "rlhf_reward": gather(exp.rewards.sum(1).mean()),
+            "kl_estimator_k3": float(self.config.kl_estimator == "k3"),
+            **stats,
+            "value_explained_var": explained,
+            "response_length": gather(mask.sum(1).mean()),
+            "eos_rate": gather(b.stopped.float().mean()),
+            "lr": self._lr_now(),
+            "episodes_per_s": len(b) * dist.world_size() / t_all,
+            "tokens_per_s": tokens * dist.world_size() / t_all,
+            "rollout_s": t_roll,
+            "update_s": t_upd,
+            "iteration_s": t_all,
+            "nonfinite_total": float(self.nonfinite_total),
+        }
+        return out
+
+    def sample_table(self, exp: Experience, n: int = 4) -> list[dict[str, Any]]:
+        b = exp.batch
+        return [
+            {"prompt": b.prompt_texts[i], "response": b.response_texts[i], "score": float(b.scores[i]),
+             "kl": float(exp.kl[i].sum()), **({"gold": float(b.gold_scores[i])} if b.gold_scores is not None else {})}
+            for i in range(min(n, len(b)))
+        ]
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints: written atomically; safetensors for weights, weights_only for the optimiser
+    # ------------------------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.ac.policy.named_parameters() if v.requires_grad}
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        if self.rank != 0:
+            dist.barrier()
+            return
+        with atomic_directory(path) as tmp:
+            if self.ac.uses_lora:
+                save_file(self._trainable_state(), tmp / "policy.safetensors")
+            else:
+                save_model(self.ac.policy, str(tmp / "policy.safetensors"))
+            save_file(self.ac.value_head.state_dict(), tmp / "value_head.safetensors")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            save_file({"sample": self.sample_gen.get_state(), "shuffle": self.shuffle_gen.get_state(),
+                       "torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+            state = {
+                "iteration": self.iteration,
+                "total_iterations": self.total_iterations,
+                "kl_controller": self.kl_ctl.state_dict(),
+                "env_rng": self.env.np_random.bit_generator.state,
+                "env_seeded": self.env_seeded,
+                "numpy_rng": _jsonable(np.random.get_state()),
+                "python_rng": _jsonable(random.getstate()),
+                "score_moments": self.score_moments,
+                "nonfinite_total": self.nonfinite_total,
+                "config": asdict(self.config),
+                "vocab_size": self.env.vocab_size,
+                "model_class": type(self.ac.policy).__name__,
+                "n_parameters": sum(p.numel() for p in self.ac.policy.parameters()),
+            }
+            atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=1))
+        dist.barrier()
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore everything ``save_checkpoint`` wrote; refuses a checkpoint of another model."""
+        path = Path(path)
+        state_file = path / "trainer_state.json"
+        if not state_file.is_file():
+            raise FileNotFoundError(f"{path} is not a tokengym checkpoint (no trainer_state.json)")
+        state = json.loads(state_file.read_text())
+        n_params = sum(p.numel() for p in self.ac.policy.parameters())
+        if state["vocab_size"] != self.env.vocab_size or state["n_parameters"] != n_params or state["model_class"] != type(self.ac.policy).__name__:
+            raise ValueError(
+                f"checkpoint {path} is from another model ({state['model_class']}, {state['n_parameters']} parameters, "
+                f"vocab {state['vocab_size']}); this run has {type(self.ac.policy).__name__}, {n_params} parameters, "
+                f"vocab {self.env.vocab_size}"
+            )
+        try:
+            if self.ac.uses_lora:
+                missing = self.ac.policy.load_state_dict(load_file(path / "policy.safetensors"), strict=False)
+                if missing.unexpected_keys:
+                    raise ValueError(f"unexpected keys {missing.unexpected_keys[:3]}")
+            else:
+                load_model(self.ac.policy, str(path / "policy.safetensors"))
+            self.ac.value_head.load_state_dict(load_file(path / "value_head.safetensors"))
+            rng = load_file(path / "rng.safetensors")
+        except Exception as e:  # safetensors raises several types for a truncated/corrupt file
+            raise ValueError(f"checkpoint {path} is corrupt or incompatible: {e}") from e
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        self.sample_gen.set_state(rng["sample"])
+        self.shuffle_gen.set_state(rng["shuffle"])
+        torch.set_rng_state(rng["torch"])
+        self.iteration = state["iteration"]
+        self.total_iterations = state["total_iterations"]
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.env.np_random.bit_generator.state = state["env_rng"]
+        self.env_seeded = state["env_seeded"]
+        np.random.set_state(_from_jsonable(state["numpy_rng"]))
+        random.setstate(_from_jsonable(state["python_rng"]))
+        self.score_moments = state["score_moments"]
+        self.nonfinite_total = state["nonfinite_total"]
+        self.logger.truncate_after(self.iteration)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Save the trained policy (LoRA merged) so ``transformers`` loads it with ``from_pretrained``."""
+        model = self.ac.policy
+        if self.ac.uses_lora:
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        with atomic_directory(path) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.env.tokenizer.save_pretrained(tmp)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return {"__ndarray__": x.tolist(), "dtype": str(x.dtype)}
+    if isinstance(x, tuple):
+        return {"__tuple__": [_jsonable(v) for v in x]}
+    return x
+
+
+def _from_jsonable(x: Any) -> Any:
+    if isinstance(x, dict) and "__ndarray__" in x:
+        return np.asarray(x["__ndarray__"], dtype=x["dtype"])
+    if isinstance(x, dict) and "__tuple__" in x:
+        return tuple(_from_jsonable(v) for v in x["__tuple__"])
+    return x

@@ -1,0 +1,148 @@
+"""``TextGenerationEnv``: one text episode, one token per step."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from transformers import PreTrainedTokenizerBase
+
+from tokengym.models import load_tokenizer, prepare_tokenizer
+from tokengym.rewards import RewardFunction, resolve_reward
+
+from .episodes import EpisodeBatch, validate_actions
+from .prompts import PromptSource, load_prompts
+
+
+def resolve_tokenizer(model: Any, tokenizer: PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
+    """The env needs only the tokenizer of the policy: given directly, or read from the model spec."""
+    if tokenizer is None:
+        if model is not None and not isinstance(model, (str, os.PathLike)):
+            raise TypeError(f"model must be 'smollm2' or a local path (the env needs its tokenizer), got {type(model).__name__}")
+        return load_tokenizer(model)
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def observation_space(vocab_size: int, length: int) -> spaces.Dict:
+    return spaces.Dict(
+        {
+            "input_ids": spaces.Box(0, vocab_size - 1, shape=(length,), dtype=np.int64),
+            "attention_mask": spaces.Box(0, 1, shape=(length,), dtype=np.int64),
+        }
+    )
+
+
+class TextGenerationEnv(gym.Env):
+    """Text generation as an MDP whose actions are tokens.
+
+    * **Action space** ``Discrete(len(tokenizer))``: one action appends one token to the response.
+    * **Observation space** ``Dict(input_ids=Box(int64, (P+T,)), attention_mask=Box(int64, (P+T,)))``:
+      the prompt left-padded in columns ``[0, P)`` and the response right-padded in ``[P, P+T)``
+      (``P = max_prompt_tokens``, ``T = max_new_tokens``); the mask is 1 on real tokens.
+    * **Episode end**: ``terminated=True`` when the EOS token is chosen (the EOS stays in the
+      response as an action), ``truncated=True`` after ``max_new_tokens`` tokens without EOS.
+    * **Reward**: 0 on every step but the last, which pays ``reward(prompt, response)``; the
+      response is decoded without the EOS. ``gold_reward``, if given, is an evaluation-only judge
+      reported in ``info["gold_score"]`` (to watch reward over-optimisation), never paid.
+    * **info** at the end: ``prompt_text``, ``response_text``, ``prompt_id``, ``score``,
+      ``gold_score``, ``reward_name``, ``gold_name``, ``stopped``, ``num_tokens``.
+
+    ``reset(seed=..., options={"prompt_index": i})`` or ``options={"prompt": "text"}`` pins a prompt.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = "smollm2",
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        reward: Any = None,
+        gold_reward: Any = None,
+        prompts: Any = "movie_reviews",
+        split: str | None = "train",
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int = 64,
+        chat_template: bool | str = False,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.model_spec = model
+        self.tokenizer = resolve_tokenizer(model, tokenizer)
+        self.reward: RewardFunction = resolve_reward(reward)
+        self.gold_reward: RewardFunction | None = None if gold_reward is None else resolve_reward(gold_reward)
+        self.prompts: PromptSource = load_prompts(prompts, split=split)
+        self.vocab_size = len(self.tokenizer)
+        self._ep = EpisodeBatch(
+            self.tokenizer, self.reward, self.gold_reward, 1, max_prompt_tokens, max_new_tokens, chat_template
+        )
+        self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
+        self.action_space = spaces.Discrete(self.vocab_size)
+        self.observation_space = observation_space(self.vocab_size, max_prompt_tokens + max_new_tokens)
+        self._started = False
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self._ep.ids[0].copy(), "attention_mask": self._ep.mask[0].copy()}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        options = options or {}
+        if "prompt" in options:
+            # A pinned prompt text is added to the source once, so it is scored like any other item.
+            text = options["prompt"]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"options['prompt'] must be a non-empty string, got {text!r:.60}")
+            item = {"prompt": text, "id": "pinned"}
+        elif "prompt_index" in options:
+            index = int(options["prompt_index"])
+            if not 0 <= index < len(self.prompts):
+                raise ValueError(f"prompt_index {index} outside [0, {len(self.prompts)})")
+            item = self.prompts[index]
+        else:
+            item = self.prompts[self.prompts.sample_index(self.np_random)]
+        self._ep.start(0, item)
+        self._started = True
+        return self._obs(), {"prompt_text": item["prompt"], "prompt_id": item["id"]}
+
+    def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        if self._ep.done[0]:
+            raise RuntimeError("the episode has ended (terminated or truncated); call reset() before stepping again")
+        if isinstance(action, (bool, np.bool_)):
+            raise ValueError(f"action must be an integer token id, got bool {action!r}")
+        actions = validate_actions(np.reshape(np.asarray(action), (1,)) if np.ndim(action) == 0 else action, 1, self.vocab_size)
+        terminated, truncated = self._ep.append(actions, np.array([0]))
+        info: dict[str, Any] = {}
+        reward = 0.0
+        if self._ep.done[0]:
+            res = self._ep.score([0], terminated)
+            reward = float(res["score"][0])
+            info = {k: res[k][0] for k in ("prompt_text", "response_text", "prompt_id", "stopped", "num_tokens")}
+            info["score"] = reward
+            info["reward_name"] = self.reward.name
+            if self.gold_reward is not None:
+                info["gold_score"] = float(res["gold_score"][0])
+                info["gold_name"] = self.gold_reward.name
+        return self._obs(), reward, bool(terminated[0]), bool(truncated[0]), info
+
+    # Convenience views for wrappers (e.g. potential-based shaping) and humans.
+    @property
+    def prompt_text(self) -> str:
+        return self._ep.prompt_text(0)
+
+    @property
+    def response_text(self) -> str:
+        return self._ep.response_text(0)
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        if not self._started:
+            return ""
+        return f"{self.prompt_text} ▸ {self.response_text}"
