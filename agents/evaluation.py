@@ -1,0 +1,83 @@
+"""Before/after evaluation of a policy on a task's held-out prompts.
+
+Reports the gold and proxy scores, the KL to the reference (summed per response), the reference
+model's perplexity on the samples (fluency as the base model sees it), distinct-1/2 (diversity)
+and the mean response length.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from tokengym.envs import BatchedTextEnv
+
+from .policy import response_forward, token_logprobs
+from .rollout import CachedSampler
+
+RefLogprobs = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Share of distinct word n-grams among all n-grams of ``texts`` (Li et al., 2016)."""
+    grams = [tuple(w[i : i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def reference_logprob_fn(reference: nn.Module, vocab: int, temperature: float = 1.0) -> RefLogprobs:
+    @torch.inference_mode()
+    def fn(ids: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        logits, _ = response_forward(reference, ids, attn, prompt_len, temperature)
+        return token_logprobs(logits, ids[:, prompt_len:], vocab)[0]
+
+    return fn
+
+
+@torch.inference_mode()
+def evaluate_policy(
+    policy: nn.Module, ref_logprobs: RefLogprobs, env: BatchedTextEnv, episodes: int, seed: int = 0,
+    temperature: float = 1.0,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Sample ``episodes`` responses (in batches of ``env.num_envs``) on ``env``'s prompts.
+
+    The prompts are the first ``episodes`` items of the env's prompt set in order, so two calls
+    (before and after training) see exactly the same prompts and sampling seed.
+    """
+    sampler = CachedSampler(policy, temperature=temperature)
+    gen = torch.Generator().manual_seed(seed)
+    n_prompts = len(env.prompts)
+    scores, golds, kls, nlls, lengths, stopped, samples = [], [], [], [], [], [], []
+    for start in range(0, episodes, env.num_envs):
+        idx = np.arange(start, start + env.num_envs) % n_prompts
+        b = sampler.rollout(env, seed=seed + start, generator=gen, options={"prompt_indices": idx})
+        P = b.prompt_ids.shape[1]
+        logp = b.sample_logprobs  # log-probs of the sampled tokens under the policy (temperature applied)
+        ref = ref_logprobs(b.input_ids, b.attention_mask, P) * b.response_mask
+        kls.append(((logp - ref) * b.response_mask).sum(1))
+        nlls.append((-ref * b.response_mask).sum(1))
+        lengths.append(b.lengths)
+        scores.append(b.scores)
+        stopped.append(b.stopped)
+        if b.gold_scores is not None:
+            golds.append(b.gold_scores)
+        for i in range(len(b)):
+            samples.append({"prompt": b.prompt_texts[i], "response": b.response_texts[i], "score": float(b.scores[i]),
+                            **({"gold": float(b.gold_scores[i])} if b.gold_scores is not None else {})})
+    cat = lambda xs: torch.cat(xs)[:episodes]  # noqa: E731
+    length = cat(lengths).float()
+    texts = [s["response"] for s in samples[:episodes]]
+    metrics = {
+        "proxy_score": cat(scores).mean().item(),
+        "gold_score": cat(golds).mean().item() if golds else float("nan"),
+        "kl_to_reference": cat(kls).mean().item(),
+        "reference_perplexity": float(np.exp((cat(nlls).sum() / length.sum().clamp(min=1)).item())),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "mean_length": length.mean().item(),
+        "eos_rate": cat(stopped).float().mean().item(),
+        "episodes": float(min(episodes, len(samples))),
+    }
+    return metrics, samples[:episodes]
