@@ -43,6 +43,12 @@ DEFAULT_PPO = {
 
 
 def _parse_value(text: str) -> Any:
+    """A flag value: int, then float (YAML 1.1 reads '1e-3' as a string), then YAML (bool, list, ...)."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
     import yaml
 
     return yaml.safe_load(text)

@@ -39,6 +39,11 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"config key {name!r}: {value!r} is not one of {args}")
         return value
     if annotation is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string; accept what float() accepts
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {name!r}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
