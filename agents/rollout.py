@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode
 from transformers import PreTrainedModel
 
 from tokengym.envs import BatchedTextEnv
@@ -79,6 +80,9 @@ class CachedSampler:
         options: dict[str, Any] | None = None,
     ) -> RolloutBatch:
         """Reset ``env`` (seeded) and play every episode of the batch to its end."""
+        if env.autoreset_mode != AutoresetMode.DISABLED:
+            # An autoreset would start a new episode in a row behind the sampler's KV cache.
+            raise ValueError(f"CachedSampler needs a BatchedTextEnv with autoreset mode DISABLED, got {env.autoreset_mode}")
         obs, _ = env.reset(seed=seed, options=options)
         P, T, B = env.max_prompt_tokens, env.max_new_tokens, env.num_envs
         device = next(self.model.parameters()).device

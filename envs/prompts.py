@@ -55,7 +55,10 @@ class PromptSource:
 
 def _read_lines(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        # Split on "\n" only: str.splitlines() also breaks at U+2028/U+2029/NEL/form feed, which
+        # JSON strings may hold unescaped. "utf-8-sig" drops the BOM that spreadsheet exports add.
+        text = path.read_bytes().decode("utf-8-sig")
+        return [line.removesuffix("\r") for line in text.split("\n")]
     except UnicodeDecodeError as e:
         # Find the line for the message: count newlines before the bad byte.
         line = path.read_bytes()[: e.start].count(b"\n") + 1

@@ -64,6 +64,8 @@ class BatchedTextEnv(VectorEnv):
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
             raise ValueError("BatchedTextEnv supports autoreset modes DISABLED and NEXT_STEP")
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        if render_mode is not None:
+            raise ValueError("BatchedTextEnv has no render modes; use the info texts or TextGenerationEnv(render_mode='ansi')")
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.model_spec = model

@@ -1,0 +1,244 @@
+"""KV-cached rollouts through BatchedTextEnv: token-for-token equal to ``generate``; padding and positions
+(checklist 2, 3, 5, 6); seeded sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tokengym.agents import CachedSampler
+from tokengym.agents.policy import response_forward, token_logprobs
+from tokengym.agents.rollout import position_ids_from_mask
+from tokengym.envs import BatchedTextEnv
+from tokengym.rewards import batched
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+# Unequal lengths on purpose: 1 to 7 words (the toy tokenizer maps one word to one token).
+TOY_PROMPTS_UNEQUAL = [
+    "the movie was", "good", "i liked the film and the music", "a long film", "the plot is boring and slow", "sad",
+]
+
+
+@batched
+def zero_reward(prompts, responses):
+    return np.zeros(len(prompts))
+
+
+def make_env(tok, prompts, n=None, T=8, P=8, **kw) -> BatchedTextEnv:
+    return BatchedTextEnv(
+        n or len(prompts), tokenizer=tok, reward=zero_reward, prompts=list(prompts), split=None,
+        max_new_tokens=T, max_prompt_tokens=P, **kw,
+    )
+
+
+def greedy_rollout(model, env, indices):
+    return CachedSampler(model, greedy=True).rollout(env, options={"prompt_indices": list(indices)})
+
+
+def generate_like_env(model, batch, T, pad_id):
+    """``model.generate(do_sample=False)`` on the same left-padded prompts, right-padded to T columns."""
+    out = model.generate(
+        input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, max_new_tokens=T, do_sample=False,
+        pad_token_id=pad_id, eos_token_id=model.generation_config.eos_token_id,
+    )
+    resp = out[:, batch.prompt_ids.shape[1] :]
+    if resp.shape[1] < T:  # generate stops early when every row has ended
+        resp = torch.cat([resp, torch.full((resp.shape[0], T - resp.shape[1]), pad_id)], dim=1)
+    return resp
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def eos_model(request, toy_tok, untied_lm):
+    """An untied tiny LM edited so greedy decoding emits EOS mid-sequence in some rows but not all.
+
+    The EOS row of the LM head becomes a slightly scaled copy of the row of a token that greedy
+    decoding picks somewhere; where that token's logit is the (positive) max, EOS now wins.
+    """
+    model = untied_lm(toy_tok, request.param)
+    env = make_env(toy_tok, TOY_PROMPTS_UNEQUAL)
+    idx = range(len(TOY_PROMPTS_UNEQUAL))
+    head = model.get_output_embeddings().weight
+    eos, pad = toy_tok.eos_token_id, toy_tok.pad_token_id
+    original = head.detach().clone()
+    first = greedy_rollout(model, env, idx)
+    for token in first.response_ids[:, 1:].flatten().unique().tolist():
+        if token in (eos, pad):
+            continue
+        with torch.no_grad():
+            head.copy_(original)
+            head[eos] = original[token] * 1.05
+        b = greedy_rollout(model, env, idx)
+        mid_stop = (b.stopped & (b.lengths > 1) & (b.lengths < env.max_new_tokens)).any()
+        if mid_stop and not b.stopped.all():
+            return request.param, model
+    pytest.fail("could not make greedy decoding emit EOS in only some rows")
+
+
+def test_greedy_rollout_equals_generate_with_eos_and_padding(eos_model, toy_tok):
+    arch, model = eos_model
+    T, P = 8, 8
+    env = make_env(toy_tok, TOY_PROMPTS_UNEQUAL, T=T, P=P)
+    b = greedy_rollout(model, env, range(len(TOY_PROMPTS_UNEQUAL)))
+    pad, eos = toy_tok.pad_token_id, toy_tok.eos_token_id
+    # Prompts really are of unequal length (left padding differs per row).
+    assert len(set(b.prompt_mask.sum(1).tolist())) >= 4
+    # EOS happens in some rows but not all.
+    assert b.stopped.any() and not b.stopped.all(), (arch, b.stopped)
+    expected = generate_like_env(model, b, T, pad)
+    torch.testing.assert_close(b.response_ids, expected, rtol=0, atol=0)
+    for i in range(len(b)):
+        L = int(b.lengths[i])
+        row = b.response_ids[i].tolist()
+        assert b.response_mask[i].tolist() == [1.0] * L + [0.0] * (T - L)
+        if b.stopped[i]:
+            assert row[L - 1] == eos and eos not in row[: L - 1]  # EOS kept, inside the mask
+            assert row[L:] == [pad] * (T - L)
+        else:
+            assert L == T and eos not in row
+    # Texts are decoded without the EOS.
+    for i in range(len(b)):
+        L = int(b.lengths[i]) - int(b.stopped[i])
+        assert b.response_texts[i] == toy_tok.decode(b.response_ids[i, :L], skip_special_tokens=True)
+
+
+def test_cached_logprobs_equal_a_full_forward(eos_model, toy_tok):
+    """The sampler's per-step (KV-cached) log-probs equal the training forward's (checklist 6, 7)."""
+    _, model = eos_model
+    env = make_env(toy_tok, TOY_PROMPTS_UNEQUAL)
+    for temperature in (1.0, 0.7):
+        b = CachedSampler(model, temperature=temperature).rollout(
+            env, seed=1, options={"prompt_indices": list(range(len(TOY_PROMPTS_UNEQUAL)))}
+        )
+        with torch.no_grad():
+            logits, _ = response_forward(model, b.input_ids, b.attention_mask, env.max_prompt_tokens, temperature)
+            logp, _ = token_logprobs(logits, b.response_ids, env.vocab_size)
+        torch.testing.assert_close(b.sample_logprobs, logp * b.response_mask, atol=1e-5, rtol=0)
+        assert (b.sample_logprobs[b.response_mask == 0] == 0).all()
+
+
+def test_greedy_rollout_equals_generate_smollm2_tokenizer(smol_tiny_llama):
+    tok, model = smol_tiny_llama
+    prompts = ["Hello", "The film was long, slow and", "I think that this movie is one of the best", "Why?"]
+    T = 6
+    env = make_env(tok, prompts, T=T, P=12)
+    b = greedy_rollout(model, env, range(len(prompts)))
+    assert len(set(b.prompt_mask.sum(1).tolist())) == len(prompts)
+    torch.testing.assert_close(b.response_ids, generate_like_env(model, b, T, tok.pad_token_id), rtol=0, atol=0)
+
+
+def test_more_episodes_than_prompts_and_repeated_prompts_agree(eos_model, toy_tok):
+    """Rows holding the same prompt produce the same greedy tokens whatever the other rows hold."""
+    _, model = eos_model
+    env = make_env(toy_tok, TOY_PROMPTS_UNEQUAL, n=9)
+    idx = [0, 1, 2, 3, 4, 5, 2, 0, 5]
+    b = greedy_rollout(model, env, idx)
+    alone = [greedy_rollout(model, make_env(toy_tok, [TOY_PROMPTS_UNEQUAL[i]], n=1), [0]) for i in (0, 2, 5)]
+    for row, single in zip((0, 2, 5), alone):
+        assert b.response_ids[row].tolist() == single.response_ids[0].tolist()
+    assert b.response_ids[6].tolist() == b.response_ids[2].tolist()
+    assert b.response_ids[7].tolist() == b.response_ids[0].tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# Checklist 2 and 3: padding does not change log-probs or logits
+# ----------------------------------------------------------------------------------------------
+def _left_pad(seqs, pad):
+    L = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad] * (L - len(s)) + s for s in seqs])
+    mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
+    return ids, mask
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_batched_unequal_prompts_give_the_same_logprobs_as_each_alone(arch, toy_tok, untied_lm):
+    model = untied_lm(toy_tok, arch)
+    pad = toy_tok.pad_token_id
+    rng = np.random.default_rng(0)
+    prompts = [toy_tok(p)["input_ids"] for p in TOY_PROMPTS_UNEQUAL]
+    T = 5
+    resp_lens = [5, 2, 4, 5, 1, 3]
+    responses = [rng.integers(4, len(toy_tok), size=n).tolist() for n in resp_lens]
+    p_ids, p_mask = _left_pad(prompts, pad)
+    r_ids = torch.tensor([r + [pad] * (T - len(r)) for r in responses])
+    r_mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in responses])
+    P = p_ids.shape[1]
+    with torch.no_grad():
+        logits, _ = response_forward(model, torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1), P, 1.0)
+        batch_logp, _ = token_logprobs(logits, r_ids, len(toy_tok))
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            ids = torch.tensor([p + r])
+            logits_i, _ = response_forward(model, ids, torch.ones_like(ids), len(p), 1.0)
+            alone, _ = token_logprobs(logits_i, torch.tensor([r]), len(toy_tok))
+            torch.testing.assert_close(batch_logp[i, : len(r)], alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_left_padded_logits_equal_unpadded_logits(arch, toy_tok, untied_lm):
+    model = untied_lm(toy_tok, arch)
+    seq = toy_tok("the movie was good and the plot")["input_ids"]
+    n_pad = 5
+    ids, mask = _left_pad([seq, [4] * (len(seq) + n_pad)], toy_tok.pad_token_id)
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits[0, n_pad:]
+        plain = model(input_ids=torch.tensor([seq])).logits[0]
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=1e-5)
+    assert position_ids_from_mask(mask)[0].tolist() == [0] * n_pad + list(range(len(seq)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+def test_seeded_sampling_is_reproducible(toy_lm, toy_tok):
+    _, model = toy_lm
+    env = make_env(toy_tok, TOY_PROMPTS_UNEQUAL, n=8)
+    sampler = CachedSampler(model)
+    a, b, c = sampler.rollout(env, seed=5), sampler.rollout(env, seed=5), sampler.rollout(env, seed=6)
+    assert a.prompt_texts == b.prompt_texts
+    torch.testing.assert_close(a.response_ids, b.response_ids, rtol=0, atol=0)
+    torch.testing.assert_close(a.sample_logprobs, b.sample_logprobs, rtol=0, atol=0)
+    assert not torch.equal(a.response_ids, c.response_ids)
+    # An explicit generator overrides: same generator state -> same tokens.
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    d = sampler.rollout(env, seed=5, generator=g1)
+    e = sampler.rollout(env, seed=5, generator=g2)
+    torch.testing.assert_close(d.response_ids, e.response_ids, rtol=0, atol=0)
+
+
+def test_sampler_draws_from_the_tempered_policy_distribution(toy_tok, untied_lm):
+    """Checklist 5/6: tokens come from softmax(logits / temperature), no top-k/top-p."""
+    model = untied_lm(toy_tok, "llama", seed=3)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(60.0)  # a peaked distribution, so temperature matters
+    temperature, n = 0.7, 3000
+    env = make_env(toy_tok, ["the movie was"], n=n, T=1, P=4)
+    b = CachedSampler(model, temperature=temperature).rollout(env, seed=0)
+    with torch.no_grad():
+        ids = torch.tensor([toy_tok("the movie was")["input_ids"]])
+        probs = torch.softmax(model(input_ids=ids).logits[0, -1, : len(toy_tok)] / temperature, -1)
+    assert 0.02 < probs.max() < 0.9  # neither flat nor one-hot: the check below can tell apart temperatures
+    counts = torch.bincount(b.response_ids[:, 0], minlength=len(toy_tok)).double() / n
+    tv = 0.5 * (counts - probs.double()).abs().sum().item()
+    assert tv < 0.05, tv
+    probs_t1 = torch.softmax(model(input_ids=ids).logits[0, -1, : len(toy_tok)].detach(), -1)
+    assert 0.5 * (probs_t1 - probs).abs().sum().item() > 0.1  # a wrong temperature would fail the tv check
+
+
+def test_sampler_does_not_silently_mix_autoreset_episodes(toy_lm, toy_tok):
+    """With NEXT_STEP autoreset the env restarts a finished row mid-rollout, behind the sampler's KV cache.
+    The sampler must either refuse such an env or return a consistent batch. BUG at the time of writing:
+    it returns rows whose ``stopped`` flag, prompt and response come from different episodes
+    (e.g. stopped=True but no EOS in the response)."""
+    _, model = toy_lm
+    env = make_env(toy_tok, ["the movie was", "good"], n=8, T=6, P=4, autoreset_mode="NextStep")
+    try:
+        b = CachedSampler(model).rollout(env, seed=0)
+    except (ValueError, RuntimeError) as e:
+        assert "autoreset" in str(e).lower()
+        return
+    eos = toy_tok.eos_token_id
+    for i in range(len(b)):
+        L = int(b.lengths[i])
+        assert bool(b.stopped[i]) == (L > 0 and int(b.response_ids[i, L - 1]) == eos), i
+        assert b.prompt_ids[i][b.prompt_mask[i].bool()].tolist() == toy_tok(b.prompt_texts[i])["input_ids"], i
