@@ -1,12 +1,28 @@
 """Token-level RL agents for language models."""
 
 from .advantages import gae, masked_mean, masked_whiten
+from .aids import AugmentationMixin, CurriculumScheduler, DistillationMixin, OutputAugmenter, with_aids
+from .group import GRPOAgent, GRPOConfig, RLOOAgent, RLOOConfig
 from .kl import AdaptiveKLController, FixedKLController, kl_per_token
+from .pg import A2CAgent, A2CConfig, ReinforceAgent, ReinforceConfig
 from .policy import ActorCritic, ValueHead
 from .ppo import NonFiniteError, PPOAgent, PPOConfig
 from .rollout import CachedSampler, RolloutBatch
 
+
+def __getattr__(name: str):
+    # stable-baselines3 interop loads SB3 only when asked for.
+    if name in ("LMActorCriticPolicy", "KLPenaltyWrapper"):
+        from . import sb3
+
+        return getattr(sb3, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "ActorCritic", "AdaptiveKLController", "CachedSampler", "FixedKLController", "NonFiniteError",
-    "PPOAgent", "PPOConfig", "RolloutBatch", "ValueHead", "gae", "kl_per_token", "masked_mean", "masked_whiten",
+    "A2CAgent", "A2CConfig", "ActorCritic", "AdaptiveKLController", "AugmentationMixin", "CachedSampler",
+    "CurriculumScheduler", "DistillationMixin", "FixedKLController", "GRPOAgent", "GRPOConfig", "KLPenaltyWrapper",
+    "LMActorCriticPolicy", "NonFiniteError", "OutputAugmenter", "PPOAgent", "PPOConfig", "RLOOAgent", "RLOOConfig",
+    "ReinforceAgent", "ReinforceConfig", "RolloutBatch", "ValueHead", "gae", "kl_per_token", "masked_mean",
+    "masked_whiten", "with_aids",
 ]

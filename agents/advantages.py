@@ -17,9 +17,32 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean((x - mean) ** 2, mask)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise ``x`` to unit variance over ``mask``; ``shift_mean=False`` keeps the mean (rewards)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def global_masked_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance of ``x`` over ``mask`` *across all ranks* (two all-reduces, the
+    same two-pass formula as :func:`masked_var`); the local moments without a process group."""
+    from tokengym import distributed as dist
+
+    sums = dist.all_reduce_sum(torch.stack([(x * mask).sum(), mask.sum()]).double(), torch.float64)
+    count = sums[1].clamp(min=1)
+    mean = sums[0] / count
+    sq = dist.all_reduce_sum((((x.double() - mean) ** 2) * mask).sum(), torch.float64)
+    return mean.to(x.dtype), (sq / count).to(x.dtype)
+
+
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, distributed: bool = False
+) -> torch.Tensor:
+    """Normalise ``x`` to unit variance over ``mask``; ``shift_mean=False`` keeps the mean (rewards).
+
+    ``distributed=True`` uses the moments of every rank's entries together (issue 8), so N ranks
+    whiten exactly as one process holding all their episodes would; identical to the local moments
+    without a process group."""
+    from tokengym import distributed as dist
+
+    if distributed and dist.world_size() > 1:
+        mean, var = global_masked_moments(x, mask)
+    else:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+from tokengym.utils import atomic_write_text
+
 PLOT_KEYS = [("score", "gold_score"), ("kl",), ("beta",), ("rlhf_reward",)]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL log; a last line torn by a crash mid-append is dropped."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not a JSON row") from None
+    return rows
 
 
 class MetricsLogger:
@@ -60,21 +77,30 @@ class MetricsLogger:
         """Read earlier rows back (after ``--resume``) so the final plot covers the whole run."""
         path = self.run_dir / "metrics.jsonl" if self.run_dir else None
         if path and path.exists():
-            self.rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.rows = _read_jsonl(path)
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+        """Drop rows logged after the checkpoint we resume from (they will be logged again).
+
+        The files are rewritten atomically (a process killed here loses no row of the kept ones).
+        """
         if not self.enabled:
             return
         self.load_existing()
         self.rows = [r for r in self.rows if r["iteration"] <= iteration]
-        for name in ("metrics.jsonl", "metrics.csv"):
-            (self.run_dir / name).unlink(missing_ok=True)
-        rows, self.rows = self.rows, []
-        tb, self._tb = self._tb, None
-        for r in rows:
-            self.log(r["iteration"], {k: v for k, v in r.items() if k != "iteration"})
-        self._tb = tb
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
+        if self.rows:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(self.rows[0]), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows)
+            atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        else:  # log() writes the header when it creates the file
+            (self.run_dir / "metrics.csv").unlink(missing_ok=True)
+        samples = self.run_dir / "samples.jsonl"
+        if samples.exists():
+            kept = [s for s in _read_jsonl(samples) if s["iteration"] <= iteration]
+            atomic_write_text(samples, "".join(json.dumps(s) + "\n" for s in kept))
 
     def plot(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write a PNG of score/gold, KL, beta and RLHF reward against iterations."""

@@ -5,7 +5,8 @@ Reads top to bottom like CleanRL's ``ppo.py``: ``learn`` repeats *rollout -> sco
 is the clipped PPO update. Each item of ``shared/PPO_CHECKLIST.md`` is marked ``[cN]`` where it
 is implemented. Items declined or delegated:
 
-* [c11] per-process sampling seeds: ``seed + rank`` (see ``tokengym.distributed``).
+* [c11] per-process sampling seeds: ``seed + 1000 * rank`` (see ``tokengym.distributed``, which also
+  lists what is all-reduced in a ``torchrun`` run [issue 8]).
 * [c12-15] reward-model details live in ``tokengym.rewards`` / ``tokengym.feedback``.
 * [c10] an episode stops at the first EOS (``terminated``) or at ``max_new_tokens`` (``truncated``);
   everything after the stop token is padding outside the loss mask.
@@ -26,18 +27,19 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 
 from tokengym import distributed as dist
 from tokengym.config import from_dict
 from tokengym.envs import BatchedTextEnv
-from tokengym.utils import atomic_directory, atomic_write_text, seed_everything
+from tokengym.utils import atomic_directory, atomic_write_text, recover_directory, seed_everything
 
 from .advantages import gae, masked_mean, masked_var, masked_whiten
 from .kl import AdaptiveKLController, FixedKLController, KLEstimator, kl_per_token
 from .logger import MetricsLogger
-from .policy import ActorCritic
+from .policy import ActorCritic, response_forward, token_logprobs
 from .rollout import CachedSampler, RolloutBatch
 
 
@@ -154,6 +156,7 @@ class PPOAgent:
                 target_modules=list(self.config.lora_target_modules), bias="none",
             )
         self.ac = ActorCritic(model, env.vocab_size, lora=lora)
+        dist.broadcast_module(self.ac)  # [issue 8] every rank starts from rank 0's weights, as DDP does
         self.ac.policy.config.use_cache = False
         self.sampler = CachedSampler(self.ac.policy, temperature=self.config.temperature)
         self.optimizer = torch.optim.Adam(self.ac.trainable_parameters(), lr=self.config.learning_rate, eps=self.config.adam_eps)
@@ -171,6 +174,9 @@ class PPOAgent:
         self.nonfinite_total = 0
         self.run_dir = Path(run_dir) if run_dir else None
         self.logger = MetricsLogger(run_dir, enabled=self.rank == 0)
+        # Optional prompt schedule (e.g. ``agents.aids.CurriculumScheduler``), called before each rollout
+        # as ``prompt_sampler(n, progress, rng) -> n prompt indices``; None lets the env draw uniformly.
+        self.prompt_sampler: Callable[[int, float, np.random.Generator], np.ndarray] | None = None
 
     # ------------------------------------------------------------------------------------------
     # The loop
@@ -181,7 +187,7 @@ class PPOAgent:
     ) -> list[dict[str, float]]:
         """Run ``iterations`` of generate -> score -> optimise; returns the metric rows."""
         self.total_iterations = max(self.total_iterations, iterations)
-        bar = tqdm(total=iterations, initial=self.iteration, desc="PPO", disable=not progress or self.rank != 0)
+        bar = tqdm(total=iterations, initial=self.iteration, desc=type(self).__name__.removesuffix("Agent"), disable=not progress or self.rank != 0)
         while self.iteration < iterations:
             metrics = self.step()
             bar.update(1)
@@ -203,7 +209,7 @@ class PPOAgent:
         t0 = time.perf_counter()
         seed = None if self.env_seeded else self.config.seed + 1000 * self.rank
         self.env_seeded = True
-        batch = self.sampler.rollout(self.env, seed=seed, generator=self.sample_gen)
+        batch = self.sampler.rollout(self.env, seed=seed, generator=self.sample_gen, options=self._rollout_options())
         t_rollout = time.perf_counter() - t0
         exp = self._make_experience(batch)
         t1 = time.perf_counter()
@@ -219,6 +225,20 @@ class PPOAgent:
             self.logger.log_samples(self.iteration, self.sample_table(exp))
         return metrics
 
+    def _prompt_indices(self, n: int) -> np.ndarray | None:
+        """``n`` prompt indices from ``prompt_sampler`` (None without one). The generator is keyed by
+        (seed, rank, iteration), so a resumed run draws the same prompts without saving RNG state."""
+        if self.prompt_sampler is None:
+            return None
+        rng = np.random.default_rng([self.config.seed, self.rank, self.iteration])
+        return np.asarray(self.prompt_sampler(n, self.iteration / max(self.total_iterations, 1), rng), dtype=np.int64)
+
+    def _rollout_options(self) -> dict[str, Any] | None:
+        """Options of the env's ``reset`` for the next rollout; subclasses pin prompts here
+        (``agents.group`` repeats each prompt k times)."""
+        indices = self._prompt_indices(self.env.num_envs)
+        return None if indices is None else {"prompt_indices": indices}
+
     # ------------------------------------------------------------------------------------------
     # Experience: scores, KL penalty, advantages
     # ------------------------------------------------------------------------------------------
@@ -228,7 +248,7 @@ class PPOAgent:
             scores = torch.where(batch.stopped, scores, scores - self.config.missing_eos_penalty)
         if self.config.score_scaling:  # [c20] running std, mean kept
             n, mean, m2 = self.score_moments
-            for s in scores.tolist():
+            for s in dist.all_gather_cat(scores).tolist():  # [issue 8] every rank's scores, same moments
                 n += 1
                 d = s - mean
                 mean += d / n
@@ -265,10 +285,10 @@ class PPOAgent:
         last = (batch.lengths - 1).clamp(min=0)
         rewards[torch.arange(len(batch)), last] += scores
         if cfg.whiten_rewards:  # [c19] population variance, mean kept
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, distributed=True)  # global moments [issue 8]
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # [c22]
         if cfg.whiten_advantages:  # [c24]
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, distributed=True)  # global moments [issue 8]
         return Experience(batch, old_logp, ref_logp, old_values, rewards, advantages, returns, kl, scores)
 
     # ------------------------------------------------------------------------------------------
@@ -284,7 +304,6 @@ class PPOAgent:
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr_now()
-        ids, attn, P = exp.batch.input_ids, exp.batch.attention_mask, exp.batch.prompt_ids.shape[1]
         mask = exp.batch.response_mask
         B = len(exp.batch)
         log: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac", "ratio_mean", "ratio_var")}
@@ -296,45 +315,38 @@ class PPOAgent:
             epoch_kls = []
             for start in range(0, B, cfg.minibatch_size):
                 mb = perm[start : start + cfg.minibatch_size]
-                n_tokens = mask[mb].sum().clamp(min=1)
+                # [issue 8] the per-rank mean token count: with gradients averaged over ranks the loss is
+                # the token mean over every rank's minibatch, as one process holding them all computes.
+                n_tokens = dist.all_reduce_mean(mask[mb].sum()).clamp(min=1)
                 self.optimizer.zero_grad(set_to_none=True)
                 mb_stats = {k: 0.0 for k in log}
                 bad = None
                 for s in range(0, len(mb), cfg.micro_batch_size):
                     idx = mb[s : s + cfg.micro_batch_size]
                     m = mask[idx]
-                    new_logp, entropy, new_values = self.ac.evaluate(ids[idx], attn[idx], P, cfg.temperature)
-                    log_ratio = (new_logp - exp.old_logprobs[idx]) * m
-                    ratio = torch.exp(log_ratio)
-                    adv = exp.advantages[idx]
-                    # Clipped surrogate: the pessimistic bound of the unclipped and clipped objectives.
-                    pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
-                    # [c25] value loss clipped around the old values, factor 0.5.
-                    v_old = exp.old_values[idx]
-                    v_clipped = v_old + (new_values - v_old).clamp(-cfg.clip_range_value, cfg.clip_range_value)
-                    ret = exp.returns[idx]
-                    vf_losses = torch.max((new_values - ret) ** 2, (v_clipped - ret) ** 2)
-                    # [c32] token mean over the whole minibatch: micro-batches add up to it exactly.
-                    pg_loss = (pg_losses * m).sum() / n_tokens
-                    vf_loss = 0.5 * (vf_losses * m).sum() / n_tokens
-                    ent = (entropy * m).sum() / n_tokens
-                    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent
+                    loss, out = self._loss(exp, idx, n_tokens)
                     if not torch.isfinite(loss):
-                        bad = "loss" if torch.isfinite(new_logp).all() else "policy log-probs"
+                        bad = "loss" if torch.isfinite(out["logp"]).all() else "policy log-probs"
                         break
                     loss.backward()
                     with torch.no_grad():
+                        ratio, log_ratio, v_old = out["ratio"], out["log_ratio"], exp.old_values[idx]
                         w = m.sum() / n_tokens
-                        mb_stats["pg_loss"] += pg_loss.item()
-                        mb_stats["vf_loss"] += vf_loss.item()
-                        mb_stats["entropy"] += ent.item()
+                        # Scalars of the loss: pg_loss, vf_loss, entropy, and any term a subclass adds.
+                        for k, v in out.items():
+                            if v.dim() == 0:
+                                mb_stats[k] = mb_stats.get(k, 0.0) + v.item()
                         mb_stats["approx_kl"] += (((ratio - 1) - log_ratio) * m).sum().item() / n_tokens.item()
                         mb_stats["clipfrac"] += (((ratio - 1).abs() > cfg.clip_range).float() * m).sum().item() / n_tokens.item()
-                        mb_stats["vf_clipfrac"] += (((new_values - v_old).abs() > cfg.clip_range_value).float() * m).sum().item() / n_tokens.item()
+                        mb_stats["vf_clipfrac"] += (((out["values"] - v_old).abs() > cfg.clip_range_value).float() * m).sum().item() / n_tokens.item()
                         mb_stats["ratio_mean"] += (masked_mean(ratio, m) * w).item()
                         mb_stats["ratio_var"] += (masked_var(ratio, m) * w).item()
                         if first_ratio is None:
                             first_ratio = masked_mean(ratio, m).item()
+                if dist.world_size() > 1:  # [issue 8] every rank takes the same skip decision
+                    agreed = dist.all_reduce_mean(torch.tensor([float(bad is not None), mb_stats["ratio_mean"]]))
+                    bad = bad or ("loss on another rank" if agreed[0] > 0 else None)
+                    mb_stats["ratio_mean"] = agreed[1].item()
                 if bad is None:
                     dist.all_reduce_grads(self.ac.trainable_parameters())
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.ac.trainable_parameters(), cfg.max_grad_norm)
@@ -349,7 +361,7 @@ class PPOAgent:
                 self.nonfinite_streak = 0
                 self.optimizer.step()
                 for k, v in mb_stats.items():
-                    log[k].append(v)
+                    log.setdefault(k, []).append(v)
                 epoch_kls.append(mb_stats["approx_kl"])
             if cfg.target_kl is not None and epoch_kls:
                 if dist.all_reduce_mean(torch.tensor(float(np.mean(epoch_kls)))).item() > cfg.target_kl:
@@ -360,6 +372,42 @@ class PPOAgent:
         out["skipped_minibatches"] = float(skipped)
         out["epochs_run"] = float(epoch + 1)
         return out
+
+    def _evaluate(self, exp: Experience, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training forward of micro-batch ``idx``: (b, T) ``logp``, ``token_entropy``, ``values``,
+        ``log_ratio``, ``ratio`` (vs the rollout's old log-probs), ``mask``, and (b, T, V) ``logits``."""
+        P = exp.batch.prompt_ids.shape[1]
+        ids, attn, m = exp.batch.input_ids[idx], exp.batch.attention_mask[idx], exp.batch.response_mask[idx]
+        logits, hidden = response_forward(self.ac.policy, ids, attn, P, self.config.temperature, want_hidden=True)
+        logp, entropy = token_logprobs(logits, ids[:, P:], self.ac.vocab_size)
+        log_ratio = (logp - exp.old_logprobs[idx]) * m
+        return {"logp": logp, "token_entropy": entropy, "values": self.ac.value_head(hidden), "log_ratio": log_ratio,
+                "ratio": torch.exp(log_ratio), "mask": m, "logits": logits}
+
+    def _loss(self, exp: Experience, idx: torch.Tensor, n_tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of micro-batch ``idx`` and what ``_update`` logs; other algorithms override this.
+
+        The loss is a token *sum* divided by ``n_tokens`` (its minibatch's token count), so the
+        micro-batches of a minibatch add up to the token mean [c32]. The dict holds the scalars
+        ``pg_loss``, ``vf_loss``, ``entropy`` (plus any scalar term a subclass adds: each is logged
+        under its key) and the tensors of :meth:`_evaluate`.
+        """
+        cfg = self.config
+        f = self._evaluate(exp, idx)
+        m, ratio, new_values = f["mask"], f["ratio"], f["values"]
+        adv = exp.advantages[idx]
+        # Clipped surrogate: the pessimistic bound of the unclipped and clipped objectives.
+        pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
+        # [c25] value loss clipped around the old values, factor 0.5.
+        v_old = exp.old_values[idx]
+        v_clipped = v_old + (new_values - v_old).clamp(-cfg.clip_range_value, cfg.clip_range_value)
+        ret = exp.returns[idx]
+        vf_losses = torch.max((new_values - ret) ** 2, (v_clipped - ret) ** 2)
+        pg_loss = (pg_losses * m).sum() / n_tokens
+        vf_loss = 0.5 * (vf_losses * m).sum() / n_tokens
+        ent = (f["token_entropy"] * m).sum() / n_tokens
+        loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent
+        return loss, {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": ent, **f}
 
     def _skip_minibatch(self, what: str) -> None:
         """[issue 9] non-finite loss/gradients skip the update; a streak of them stops training."""
@@ -390,7 +438,7 @@ class PPOAgent:
             "beta": self.kl_ctl.beta,
             "rlhf_reward": gather(exp.rewards.sum(1).mean()),
             "kl_estimator_k3": float(self.config.kl_estimator == "k3"),
-            **stats,
+            **dist.all_reduce_mean_dict(stats),  # [issue 8] means over ranks
             "value_explained_var": explained,
             "response_length": gather(mask.sum(1).mean()),
             "eos_rate": gather(b.stopped.float().mean()),
@@ -418,11 +466,24 @@ class PPOAgent:
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.ac.policy.named_parameters() if v.requires_grad}
 
+    def _rank_rng_state(self) -> dict[str, Any]:
+        """This rank's random streams: they differ between ranks (the shuffle stream does not)."""
+        return {"sample": self.sample_gen.get_state(), "torch": torch.get_rng_state(),
+                "env_rng": self.env.np_random.bit_generator.state, "numpy_rng": _jsonable(np.random.get_state()),
+                "python_rng": _jsonable(random.getstate())}
+
     def save_checkpoint(self, path: str | Path) -> None:
+        """Rank 0 writes the checkpoint atomically; in a distributed run it also writes every rank's
+        random streams (gathered here) as ``rng_rank{r}.safetensors`` inside the same atomic directory."""
+        rank_states = dist.all_gather_object(self._rank_rng_state()) if dist.world_size() > 1 else []
         if self.rank != 0:
             dist.barrier()
             return
         with atomic_directory(path) as tmp:
+            for r, st in enumerate(rank_states):  # [issue 8]
+                meta = {k: json.dumps(st[k]) for k in ("env_rng", "numpy_rng", "python_rng")}
+                save_file({"sample": st["sample"], "torch": st["torch"]}, tmp / f"rng_rank{r}.safetensors",
+                          metadata={"rank": str(r), **meta})
             if self.ac.uses_lora:
                 save_file(self._trainable_state(), tmp / "policy.safetensors")
             else:
@@ -441,6 +502,7 @@ class PPOAgent:
                 "python_rng": _jsonable(random.getstate()),
                 "score_moments": self.score_moments,
                 "nonfinite_total": self.nonfinite_total,
+                "world_size": dist.world_size(),
                 "config": asdict(self.config),
                 "vocab_size": self.env.vocab_size,
                 "model_class": type(self.ac.policy).__name__,
@@ -452,10 +514,16 @@ class PPOAgent:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything ``save_checkpoint`` wrote; refuses a checkpoint of another model."""
         path = Path(path)
+        recover_directory(path)  # a save killed between its two renames left the previous one aside
         state_file = path / "trainer_state.json"
         if not state_file.is_file():
             raise FileNotFoundError(f"{path} is not a tokengym checkpoint (no trainer_state.json)")
-        state = json.loads(state_file.read_text())
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+            if not isinstance(state, dict) or not {"vocab_size", "n_parameters", "model_class"} <= state.keys():
+                raise ValueError("trainer_state.json lacks vocab_size / n_parameters / model_class")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"checkpoint {path} is corrupt: {state_file.name}: {e}") from e
         n_params = sum(p.numel() for p in self.ac.policy.parameters())
         if state["vocab_size"] != self.env.vocab_size or state["n_parameters"] != n_params or state["model_class"] != type(self.ac.policy).__name__:
             raise ValueError(
@@ -464,17 +532,26 @@ class PPOAgent:
                 f"vocab {self.env.vocab_size}"
             )
         try:
+            # Every file is read (the full policy's header checked against its size) before anything
+            # is modified, so a truncated or corrupt checkpoint leaves this agent as it was.
+            value_head = load_file(path / "value_head.safetensors")
+            rng = load_file(path / "rng.safetensors")
+            optimizer = torch.load(path / "optimizer.pt", weights_only=True)
             if self.ac.uses_lora:
-                missing = self.ac.policy.load_state_dict(load_file(path / "policy.safetensors"), strict=False)
+                policy = load_file(path / "policy.safetensors")
+            else:  # opening checks the header against the file size (catches a truncated file)
+                with safe_open(str(path / "policy.safetensors"), framework="pt"):
+                    policy = None
+            self.optimizer.load_state_dict(optimizer)
+            self.ac.value_head.load_state_dict(value_head)
+            if self.ac.uses_lora:
+                missing = self.ac.policy.load_state_dict(policy, strict=False)
                 if missing.unexpected_keys:
                     raise ValueError(f"unexpected keys {missing.unexpected_keys[:3]}")
             else:
                 load_model(self.ac.policy, str(path / "policy.safetensors"))
-            self.ac.value_head.load_state_dict(load_file(path / "value_head.safetensors"))
-            rng = load_file(path / "rng.safetensors")
-        except Exception as e:  # safetensors raises several types for a truncated/corrupt file
-            raise ValueError(f"checkpoint {path} is corrupt or incompatible: {e}") from e
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        except Exception as e:  # safetensors / torch.load raise several types for a truncated/corrupt file
+            raise ValueError(f"checkpoint {path} is corrupt or incompatible: {type(e).__name__}: {e}") from e
         self.sample_gen.set_state(rng["sample"])
         self.shuffle_gen.set_state(rng["shuffle"])
         torch.set_rng_state(rng["torch"])
@@ -487,7 +564,35 @@ class PPOAgent:
         random.setstate(_from_jsonable(state["python_rng"]))
         self.score_moments = state["score_moments"]
         self.nonfinite_total = state["nonfinite_total"]
+        self._load_rank_rng(path, state)
         self.logger.truncate_after(self.iteration)
+
+    def _load_rank_rng(self, path: Path, state: dict[str, Any]) -> None:
+        """[issue 8] Restore this rank's random streams from ``rng_rank{rank}.safetensors``. Resuming
+        with another number of ranks: a rank without its file derives fresh streams from
+        (seed, rank, iteration), deterministic but not the ones an uninterrupted run would have used."""
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != dist.world_size():
+            warnings.warn(f"resuming a checkpoint of {saved_world} process(es) with {dist.world_size()}: "
+                          "ranks without saved random streams derive new ones", RuntimeWarning, stacklevel=3)
+        rank_file = path / f"rng_rank{self.rank}.safetensors"
+        if rank_file.is_file():
+            try:
+                with safe_open(str(rank_file), framework="pt") as f:
+                    meta = f.metadata()
+                    sample, torch_rng = f.get_tensor("sample"), f.get_tensor("torch")
+                env_rng, numpy_rng, python_rng = (json.loads(meta[k]) for k in ("env_rng", "numpy_rng", "python_rng"))
+            except Exception as e:  # safetensors raises several types for a truncated/corrupt file
+                raise ValueError(f"checkpoint {path} is corrupt: {rank_file.name}: {type(e).__name__}: {e}") from e
+            self.sample_gen.set_state(sample)
+            torch.set_rng_state(torch_rng)
+            self.env.np_random.bit_generator.state = env_rng
+            np.random.set_state(_from_jsonable(numpy_rng))
+            random.setstate(_from_jsonable(python_rng))
+        elif self.rank > 0:  # the shared files hold rank 0's streams: derive this rank's
+            key = [self.config.seed, self.rank, self.iteration]
+            self.sample_gen.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+            self.env.np_random.bit_generator.state = np.random.default_rng(key).bit_generator.state
 
     def save_pretrained(self, path: str | Path) -> None:
         """Save the trained policy (LoRA merged) so ``transformers`` loads it with ``from_pretrained``."""

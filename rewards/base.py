@@ -227,7 +227,7 @@ class CheckedReward(RewardFunction):
         bad = np.flatnonzero(~np.isfinite(scores32))  # checked after the cast: 1e39 overflows float32
         if bad.size:
             i = int(bad[0])
-            raise sample_error(self.name, f"returned a non-finite score {scores[i]!r}", i, prompts, responses)
+            raise sample_error(self.name, f"returned a non-finite score {float(scores[i])!r}", i, prompts, responses)
         return scores32
 
     def state_dict(self) -> dict:

@@ -137,7 +137,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tokengym.agents.evaluation import evaluate_policy
     from tokengym.models import load_causal_lm
     from tokengym.utils import atomic_write_text, set_cpu_threads
+    from tokengym import distributed as dist
 
+    dist.init_from_env()  # [issue 8] a process group under torchrun (WORLD_SIZE > 1); else nothing
     cfg = build_train_config(args)
     set_cpu_threads(cfg.threads or None)
     out = Path(cfg.output_dir)
@@ -147,7 +149,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_env, test_env = make_envs(cfg, tokenizer, ppo_cfg.batch_size)
     agent = PPOAgent(train_env, model, ppo_cfg, run_dir=str(out))
     if args.resume:
+        from tokengym.utils import recover_directory
+
         ckpt = out / "checkpoint"
+        recover_directory(ckpt)  # a run killed while replacing its checkpoint left the previous one aside
         if not ckpt.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
         agent.load_checkpoint(ckpt)
@@ -157,11 +162,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     before = None
     if report_path.exists() and args.resume:
         before = json.loads(report_path.read_text()).get("before")
-    if before is None:
+    if before is None and dist.rank() == 0:
         print(f"evaluating the reference policy on {cfg.eval_episodes} test prompts ...")
         before, before_samples = evaluate_policy(agent.ac.policy, ref_fn, test_env, cfg.eval_episodes, seed=ppo_cfg.seed, temperature=ppo_cfg.temperature)
         atomic_write_text(report_path, json.dumps({"config": asdict(cfg), "before": before, "before_samples": before_samples[:8]}, indent=1))
     agent.learn(cfg.iterations, progress=not args.no_progress)
+    if dist.rank() != 0:  # [issue 8] rank 0 alone evaluates and writes the model and report
+        return 0
     after, after_samples = evaluate_policy(agent.ac.policy, ref_fn, test_env, cfg.eval_episodes, seed=ppo_cfg.seed, temperature=ppo_cfg.temperature)
     agent.save_pretrained(out / "final_model")
     plot = agent.logger.plot()

@@ -23,8 +23,11 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def set_cpu_threads(n: int | None = None) -> None:
-    """Use every core for intra-op parallelism (torch defaults can under-use small machines)."""
-    n = n or os.cpu_count() or 1
+    """Use every core for intra-op parallelism (torch defaults can under-use small machines).
+
+    Under ``torchrun`` the default is the node's cores divided by its processes (``LOCAL_WORLD_SIZE``),
+    so N processes do not each spin N-fold oversubscribed thread pools."""
+    n = n or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -60,15 +63,39 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def recover_directory(path: str | os.PathLike) -> bool:
+    """Undo a replacement by :func:`atomic_directory` that a crash cut between its two renames.
+
+    Replacing an existing ``path`` takes two renames (``path`` -> ``.NAME.old``, then the new
+    directory -> ``path``); a process killed in between leaves no ``path`` but a complete previous
+    version in ``.NAME.old``. This renames it back and returns True; otherwise it does nothing.
+    """
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if path.exists() or not old.is_dir():
+        return False
+    try:
+        os.replace(old, path)
+    except OSError:
+        if path.exists():  # another process (e.g. another rank loading the checkpoint) recovered it first
+            return False
+        raise
+    _fsync_dir(path.parent)
+    return True
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.
 
     A process killed inside the block leaves only a ``.tmp`` sibling, never a half-written ``path``.
-    If ``path`` already exists it is moved aside first and removed only after the new one is in place.
+    If ``path`` already exists it is moved aside first and removed only after the new one is in place;
+    a kill between those two renames leaves the previous version in ``.NAME.old``, which
+    :func:`recover_directory` (called here and by the checkpoint loader) puts back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp

@@ -1,0 +1,337 @@
+"""Training aids for every token-level agent: a prompt curriculum, augmentation of high-reward
+outputs, and distillation from a teacher model.
+
+* :class:`CurriculumScheduler` -- set ``agent.prompt_sampler = CurriculumScheduler(env.prompts)``:
+  prompts are drawn from the easiest fraction of the set, which grows to all prompts during training.
+* :class:`AugmentationMixin` (with :class:`OutputAugmenter`) -- the best outputs of each rollout are
+  edited (insert / delete / replace of a token or word), re-scored by the env's reward and added to
+  the update as extra episodes.
+* :class:`DistillationMixin` -- adds ``distill_coef * KL(teacher || student)`` per token (full
+  vocabulary) to the agent's loss.
+
+The mixins go in front of any agent class: ``with_aids(GRPOAgent, AugmentationMixin)(env, model,
+cfg, augmenter=OutputAugmenter())`` or ``class MyAgent(DistillationMixin, PPOAgent): ...``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from .policy import response_forward
+from .ppo import Experience, PPOAgent
+from .rollout import RolloutBatch
+
+
+# ----------------------------------------------------------------------------------------------
+# Curriculum
+# ----------------------------------------------------------------------------------------------
+class CurriculumScheduler:
+    """Easy-to-hard prompt sampling, a ``prompt_sampler(n, progress, rng) -> indices`` for any agent.
+
+    ``difficulty`` scores each prompt (lower = easier): ``"auto"`` reads each item's ``"difficulty"``
+    field when every item has one and falls back to ``"length"``; ``"length"`` is the prompt's token
+    count (``tokenizer`` given) or its word count; a sequence gives one score per prompt; a callable
+    maps a prompt item to its score. At training progress ``p`` (0 -> 1) prompts are drawn uniformly
+    from the easiest fraction ``start + (1 - start) * min(1, p / ramp)`` of the set: the
+    ``start`` easiest at first, every prompt from ``p = ramp`` on.
+    """
+
+    def __init__(
+        self,
+        prompts: Any,
+        difficulty: Literal["auto", "length"] | Sequence[float] | Callable[[dict], float] = "auto",
+        start: float = 0.25,
+        ramp: float = 0.75,
+        tokenizer: Any = None,
+    ) -> None:
+        items = list(prompts.items if hasattr(prompts, "items") and not isinstance(prompts, dict) else prompts)
+        items = [{"prompt": it} if isinstance(it, str) else it for it in items]
+        if not items:
+            raise ValueError("the curriculum needs at least one prompt")
+        if not 0 < start <= 1 or ramp <= 0:
+            raise ValueError(f"need 0 < start <= 1 and ramp > 0, got start={start}, ramp={ramp}")
+        if isinstance(difficulty, str):
+            if difficulty == "auto":
+                difficulty = "field" if all("difficulty" in it for it in items) else "length"
+            if difficulty == "field":
+                scores = [float(it["difficulty"]) for it in items]
+            elif difficulty == "length":
+                scores = [len(tokenizer(it["prompt"])["input_ids"]) if tokenizer is not None else len(it["prompt"].split()) for it in items]
+            else:
+                raise ValueError(f"difficulty must be 'auto', 'length', 'field', a sequence or a callable, got {difficulty!r}")
+        elif callable(difficulty):
+            scores = [float(difficulty(it)) for it in items]
+        else:
+            scores = [float(s) for s in difficulty]
+            if len(scores) != len(items):
+                raise ValueError(f"{len(scores)} difficulty scores for {len(items)} prompts")
+        self.scores = np.asarray(scores, dtype=np.float64)
+        self.order = np.argsort(self.scores, kind="stable")  # easiest first
+        self.start, self.ramp = start, ramp
+
+    def fraction(self, progress: float) -> float:
+        return self.start + (1.0 - self.start) * min(1.0, max(progress, 0.0) / self.ramp)
+
+    def pool(self, progress: float) -> np.ndarray:
+        """Indices of the prompts in play at ``progress``, easiest first."""
+        n = max(1, math.ceil(self.fraction(progress) * len(self.order)))
+        return self.order[:n]
+
+    def __call__(self, n: int, progress: float, rng: np.random.Generator) -> np.ndarray:
+        return rng.choice(self.pool(progress), size=n, replace=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Experience helpers
+# ----------------------------------------------------------------------------------------------
+def concat_batches(a: RolloutBatch, b: RolloutBatch) -> RolloutBatch:
+    """Episodes of ``a`` then ``b`` (same prompt and response widths)."""
+    out = {}
+    for f in fields(RolloutBatch):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, torch.Tensor):
+            out[f.name] = torch.cat([x, y])
+        elif isinstance(x, list):
+            out[f.name] = x + y
+        else:  # gold_scores None on either side
+            out[f.name] = None
+    return RolloutBatch(**out)
+
+
+def concat_experience(a: Experience, b: Experience) -> Experience:
+    """Episodes of ``a`` then ``b``, including attributes that mixins add (e.g. teacher log-probs)."""
+    out = {}
+    for key, x in vars(a).items():
+        y = getattr(b, key)
+        out[key] = concat_batches(x, y) if isinstance(x, RolloutBatch) else torch.cat([x, y]) if isinstance(x, torch.Tensor) else x
+    exp = Experience(**{f.name: out.pop(f.name) for f in fields(Experience)})
+    for key, value in out.items():
+        setattr(exp, key, value)
+    return exp
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation of high-reward outputs
+# ----------------------------------------------------------------------------------------------
+class OutputAugmenter:
+    """Edits the best responses of a rollout into new training episodes, re-scored by the reward.
+
+    The top ``top_fraction`` of the episodes by score (those above ``min_score`` if given) each give
+    ``n_variants`` variants (rounded up to a multiple of the agent's group size for RLOO/GRPO, so
+    the variants of one response form a group); a variant is the response with ``n_edits`` random
+    edits among ``ops``: insert, delete or replace one unit (``unit="tokens"``: a token, drawn from
+    the tokens of the selected responses; ``unit="words"``: a whitespace word, drawn from their
+    words, and the text is re-tokenized). A stop token at the end stays there. Variants are scored
+    with the env's reward (and gold judge) exactly as episodes are.
+
+    They are off-policy samples that the update treats as if sampled (self-imitation of edited good
+    outputs): their old log-probs and KL are computed like a rollout's, and their advantages follow
+    the agent's rule, so a variant scoring worse than its original is pushed down, not up.
+    """
+
+    OPS = ("insert", "delete", "replace")
+
+    def __init__(
+        self,
+        top_fraction: float = 0.25,
+        n_variants: int = 2,
+        ops: Sequence[str] = OPS,
+        unit: Literal["tokens", "words"] = "tokens",
+        n_edits: int = 1,
+        min_score: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < top_fraction <= 1 or n_variants < 1 or n_edits < 1:
+            raise ValueError("need 0 < top_fraction <= 1, n_variants >= 1 and n_edits >= 1")
+        if not ops or set(ops) - set(self.OPS):
+            raise ValueError(f"ops must be a non-empty subset of {self.OPS}, got {ops!r}")
+        if unit not in ("tokens", "words"):
+            raise ValueError(f"unit must be 'tokens' or 'words', got {unit!r}")
+        self.top_fraction, self.n_variants, self.ops, self.unit = top_fraction, n_variants, tuple(ops), unit
+        self.n_edits, self.min_score = n_edits, min_score
+        self.rng = np.random.default_rng(seed)
+
+    def _edit(self, units: list, pool: list, max_len: int) -> list:
+        units = list(units)
+        for _ in range(self.n_edits):
+            ops = [op for op in self.ops if not (op == "delete" and len(units) <= 1) and not (op == "insert" and len(units) >= max_len)]
+            if not ops or not pool:
+                break
+            op = ops[self.rng.integers(len(ops))]
+            if op == "insert":
+                units.insert(int(self.rng.integers(len(units) + 1)), pool[self.rng.integers(len(pool))])
+            elif op == "delete":
+                del units[int(self.rng.integers(len(units)))]
+            elif units:
+                units[int(self.rng.integers(len(units)))] = pool[self.rng.integers(len(pool))]
+        return units
+
+    def __call__(self, batch: RolloutBatch, env: Any, group_size: int = 1) -> RolloutBatch | None:
+        """A batch of variants of ``batch``'s best episodes (None when there is nothing to augment)."""
+        tok, T = env.tokenizer, batch.response_ids.shape[1]
+        eos = env.eos_token_id
+        special = set(tok.all_special_ids)
+        scores = batch.scores
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
+        chosen = [i for i in order[: max(1, round(self.top_fraction * len(batch)))]
+                  if batch.lengths[i] > 0 and (self.min_score is None or scores[i] >= self.min_score)]
+        if not chosen:
+            return None
+        contents = {}  # row -> (content tokens without the final EOS, stopped)
+        for i in chosen:
+            ids = batch.response_ids[i, : batch.lengths[i]].tolist()
+            stopped = bool(ids and ids[-1] == eos)
+            contents[i] = (ids[:-1] if stopped else ids, stopped)
+        if self.unit == "tokens":
+            pool = sorted({t for ids, _ in contents.values() for t in ids if t not in special})
+        else:
+            pool = sorted({w for ids, _ in contents.values() for w in tok.decode(ids, skip_special_tokens=True).split()})
+        n_var = self.n_variants if group_size <= 1 else group_size * math.ceil(self.n_variants / group_size)
+        rows, responses = [], []
+        for i in chosen:
+            ids, stopped = contents[i]
+            budget = T - int(stopped)  # room left for content tokens
+            variants = []
+            for _ in range(n_var):
+                if self.unit == "tokens":
+                    new = self._edit(ids, pool, budget)
+                else:
+                    words = self._edit(tok.decode(ids, skip_special_tokens=True).split(), pool, budget)
+                    new = tok(" " + " ".join(words), add_special_tokens=False)["input_ids"] if words else []
+                new = new[:budget] + ([eos] if stopped else [])
+                if new:
+                    variants.append(new)
+            if group_size > 1 and len(variants) < n_var:
+                continue  # a group must stay whole
+            rows += [i] * len(variants)
+            responses += variants
+        if not rows:
+            return None
+        return self._scored_batch(batch, env, rows, responses)
+
+    @staticmethod
+    def _scored_batch(batch: RolloutBatch, env: Any, rows: list[int], responses: list[list[int]]) -> RolloutBatch:
+        T, eos, pad, tok = batch.response_ids.shape[1], env.eos_token_id, env.pad_token_id, env.tokenizer
+        n = len(rows)
+        response_ids = torch.full((n, T), pad, dtype=torch.long)
+        response_mask = torch.zeros(n, T)
+        stopped = torch.zeros(n, dtype=torch.bool)
+        texts = []
+        for j, ids in enumerate(responses):
+            response_ids[j, : len(ids)] = torch.as_tensor(ids)
+            response_mask[j, : len(ids)] = 1
+            stopped[j] = ids[-1] == eos
+            texts.append(tok.decode(ids[:-1] if stopped[j] else ids, skip_special_tokens=True))
+        items = env.prompt_items() if hasattr(env, "prompt_items") else []
+        prompts = [batch.prompt_texts[i] for i in rows]
+        meta_items = [items[i] if i < len(items) and items[i] and items[i].get("prompt") == batch.prompt_texts[i]
+                      else {"prompt": batch.prompt_texts[i], "id": batch.prompt_ids_str[i]} for i in rows]
+        refs = [it.get("references") for it in meta_items]
+        meta = [{"stopped": bool(s), "truncated": not bool(s), "num_tokens": len(ids), "prompt_id": it["id"], "item": it}
+                for s, ids, it in zip(stopped.tolist(), responses, meta_items)]
+        score = torch.as_tensor(np.asarray(env.reward(prompts, texts, references=refs, metadata=meta)), dtype=torch.float32)
+        gold = None
+        if batch.gold_scores is not None and getattr(env, "gold_reward", None) is not None:
+            gold = torch.as_tensor(np.asarray(env.gold_reward(prompts, texts, references=refs, metadata=meta)), dtype=torch.float32)
+        idx = torch.as_tensor(rows)
+        out = RolloutBatch(
+            prompt_ids=batch.prompt_ids[idx], prompt_mask=batch.prompt_mask[idx], response_ids=response_ids,
+            response_mask=response_mask, sample_logprobs=torch.zeros(n, T), scores=score, stopped=stopped,
+            gold_scores=gold, prompt_texts=prompts, response_texts=texts, prompt_ids_str=[batch.prompt_ids_str[i] for i in rows],
+        )
+        out.augmented = True  # read by agents whose running statistics must see real rollouts only
+        return out
+
+
+class AugmentationMixin:
+    """Adds edited variants of each rollout's best outputs to the update (see :class:`OutputAugmenter`).
+
+    Metrics, the KL controller and the logged samples see the real rollout only; the update sees the
+    rollout plus the variants (a rollout's ``batch_size`` episodes, then the variants, in minibatches
+    of ``minibatch_size``). Logged: ``aug_episodes`` and ``aug_score`` (mean score of the variants).
+    """
+
+    def __init__(self, *args: Any, augmenter: OutputAugmenter | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.augmenter = augmenter or OutputAugmenter(seed=self.config.seed)
+
+    def _update(self, exp: Experience) -> dict[str, float]:
+        extra = self.augmenter(exp.batch, self.env, getattr(self.config, "group_size", 1))
+        if extra is None:
+            return {**super()._update(exp), "aug_episodes": 0.0, "aug_score": float("nan")}
+        aug = self._make_experience(extra)
+        stats = super()._update(concat_experience(exp, aug))
+        return {**stats, "aug_episodes": float(len(extra)), "aug_score": float(extra.scores.mean())}
+
+
+# ----------------------------------------------------------------------------------------------
+# Distillation from a teacher
+# ----------------------------------------------------------------------------------------------
+class DistillationMixin:
+    """Adds ``distill_coef * KL`` between a frozen ``teacher`` and the policy, per response token.
+
+    ``direction="forward"``: ``KL(teacher || student) = sum_v p_T(v) (log p_T(v) - log p_S(v))`` over
+    the whole vocabulary, the classic distillation loss (Hinton et al., 2015) on the tokens the policy
+    sampled; ``"reverse"``: ``KL(student || teacher)``, mode-seeking. Teacher and student share the
+    env's tokenizer (a teacher with fewer embeddings than the vocabulary is refused) and the sampling
+    temperature divides both logits. Token mean like the agent's loss; logged as ``distill_kl``.
+    Teacher log-probs are computed once per rollout (``B x T x V`` floats are kept for the update).
+    """
+
+    def __init__(
+        self, *args: Any, teacher: Any = None, distill_coef: float = 0.1,
+        direction: Literal["forward", "reverse"] = "forward", **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if teacher is None:
+            raise ValueError("DistillationMixin needs teacher=<a causal LM with the env's tokenizer>")
+        if teacher.get_input_embeddings().num_embeddings < self.env.vocab_size:
+            raise ValueError(
+                f"mismatched tokenizers: the teacher has {teacher.get_input_embeddings().num_embeddings} embeddings, "
+                f"the env's vocabulary {self.env.vocab_size} tokens"
+            )
+        if direction not in ("forward", "reverse"):
+            raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.distill_coef, self.distill_direction = float(distill_coef), direction
+
+    @torch.inference_mode()
+    def _make_experience(self, batch: RolloutBatch) -> Experience:
+        exp = super()._make_experience(batch)
+        cfg, P, V = self.config, batch.prompt_ids.shape[1], self.env.vocab_size
+        ids, attn = batch.input_ids, batch.attention_mask
+        parts = []
+        for s in range(0, len(batch), cfg.micro_batch_size):
+            logits, _ = response_forward(self.teacher, ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P, cfg.temperature)
+            parts.append(torch.log_softmax(logits[..., :V], dim=-1))
+        exp.teacher_logprobs = torch.cat(parts)
+        return exp
+
+    def _loss(self, exp: Experience, idx: torch.Tensor, n_tokens: torch.Tensor):
+        loss, out = super()._loss(exp, idx, n_tokens)
+        student = torch.log_softmax(out["logits"][..., : self.env.vocab_size], dim=-1)
+        teacher = exp.teacher_logprobs[idx]
+        if self.distill_direction == "forward":
+            kl = (teacher.exp() * (teacher - student)).sum(-1)
+        else:
+            kl = (student.exp() * (student - teacher)).sum(-1)
+        distill = (kl * out["mask"]).sum() / n_tokens
+        out["distill_kl"] = distill.detach()
+        return loss + self.distill_coef * distill, out
+
+
+def with_aids(agent_cls: type[PPOAgent], *mixins: type) -> type[PPOAgent]:
+    """``agent_cls`` with ``mixins`` in front, e.g. ``with_aids(RLOOAgent, DistillationMixin)``."""
+    name = "".join(m.__name__.removesuffix("Mixin") for m in mixins) + agent_cls.__name__
+    return type(name, (*mixins, agent_cls), {})
+
+
+__all__ = [
+    "AugmentationMixin", "CurriculumScheduler", "DistillationMixin", "OutputAugmenter", "concat_batches",
+    "concat_experience", "with_aids",
+]

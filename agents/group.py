@@ -1,0 +1,142 @@
+"""Critic-free group agents: RLOO and GRPO, on the PPO machinery.
+
+Each rollout samples ``k = group_size`` responses to each of ``batch_size / k`` prompts: the env is
+reset with ``options={"prompt_indices": ...}`` holding every drawn prompt index k times, consecutive
+(rows ``g*k .. g*k+k-1`` are group ``g``). A prompt schedule (``agent.prompt_sampler``, e.g. a
+curriculum) chooses the distinct prompts. The baseline comes from the group, so there is no value head
+in the loss (``vf_coef = 0``). Everything else (rollout, KL controller, metrics, checkpoints) is PPO's.
+
+* **RLOO** (Ahmadian et al., 2024): sequence reward ``R_i = score_i - beta * sum_t KL_it`` (the KL
+  penalty stays in the reward, [c16]); advantage ``R_i - mean_{j != i} R_j`` on every token of
+  response i; loss ``-A * ratio`` (REINFORCE; PPO clipping with ``clip=True``).
+* **GRPO** (Shao et al., 2024): advantage ``(R_i - mean_g R) / (std_g R + eps)`` (``scale_rewards=False``
+  drops the std, as Dr. GRPO); PPO's clipped surrogate; the KL is a loss term
+  ``beta * k3(pi, pi_ref)`` per token (``kl_in_loss=True``, DeepSeekMath) or stays in the reward.
+
+Loss aggregation is PPO's token mean [c32] (as DAPO), not the per-sequence mean of the GRPO paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .advantages import masked_whiten
+from .kl import kl_per_token
+from .pg import pg_terms, whole_batch_defaults
+from .ppo import Experience, PPOAgent, PPOConfig
+
+
+@dataclass
+class GroupConfig(PPOConfig):
+    group_size: int = 4  # k samples per prompt
+    minibatch_size: int = 0  # 0 = the whole batch (one gradient step per rollout)
+    ppo_epochs: int = 1
+    vf_coef: float = 0.0  # no critic
+    whiten_advantages: bool = False
+
+    def validate(self) -> None:
+        whole_batch_defaults(self)
+        super().validate()
+        if self.group_size < 2 or self.batch_size % self.group_size:
+            raise ValueError(f"group_size ({self.group_size}) must be >= 2 and divide batch_size ({self.batch_size})")
+
+
+@dataclass
+class RLOOConfig(GroupConfig):
+    clip: bool = False  # True: PPO's clipped surrogate (matters only with several steps per rollout)
+
+
+@dataclass
+class GRPOConfig(GroupConfig):
+    kl_in_loss: bool = True  # beta * KL as a loss term (DeepSeekMath); False: in the reward, like RLOO
+    kl_loss_estimator: Literal["k1", "k3"] = "k3"
+    scale_rewards: bool = True  # divide by the group std (False = Dr. GRPO)
+    std_eps: float = 1e-4
+
+
+class GroupAgent(PPOAgent):
+    """Shared by RLOO and GRPO: k samples per prompt and per-group statistics."""
+
+    def _rollout_options(self) -> dict[str, Any]:
+        k = self.config.group_size
+        n = self.env.num_envs // k
+        indices = self._prompt_indices(n)
+        if indices is None:  # uniform, keyed by (seed, rank, iteration) like _prompt_indices
+            rng = np.random.default_rng([self.config.seed, self.rank, self.iteration, 1])
+            indices = rng.integers(len(self.env.prompts), size=n)
+        return {"prompt_indices": np.repeat(indices, k)}
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) -> (B/k, k); checks that each group shares one prompt."""
+        return x.view(-1, self.config.group_size)
+
+    def _sequence_rewards(self, exp: Experience) -> torch.Tensor:
+        """score - beta * summed KL per response (the per-token rewards summed)."""
+        return exp.rewards.sum(1)
+
+    def _group_advantages(self, r: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def _make_experience(self, batch) -> Experience:
+        exp = super()._make_experience(batch)
+        ids = batch.prompt_ids_str
+        k = self.config.group_size
+        if ids and any(len(set(ids[g : g + k])) != 1 for g in range(0, len(ids), k)):
+            raise RuntimeError("a group of k consecutive episodes does not share one prompt")
+        r = self._sequence_rewards(exp)
+        adv = self._group_advantages(self._grouped(r)).reshape(-1)
+        mask = batch.response_mask
+        exp.advantages = adv[:, None] * mask
+        if self.config.whiten_advantages:
+            exp.advantages = masked_whiten(exp.advantages, mask)
+        exp.returns = r[:, None] * mask
+        return exp
+
+
+class RLOOAgent(GroupAgent):
+    """REINFORCE Leave-One-Out: the baseline of a response is the mean reward of the other k-1."""
+
+    def __init__(self, env, model=None, config: RLOOConfig | None = None, run_dir: str | None = None) -> None:
+        super().__init__(env, model, config or RLOOConfig(), run_dir)
+
+    def _group_advantages(self, r: torch.Tensor) -> torch.Tensor:
+        k = r.shape[1]
+        return r - (r.sum(1, keepdim=True) - r) / (k - 1)
+
+    def _loss(self, exp, idx, n_tokens):
+        return pg_terms(self, exp, idx, n_tokens, self.config.clip_range if self.config.clip else None)
+
+
+class GRPOAgent(GroupAgent):
+    """Group Relative Policy Optimisation: group-normalised advantages, clipped surrogate, KL loss."""
+
+    def __init__(self, env, model=None, config: GRPOConfig | None = None, run_dir: str | None = None) -> None:
+        super().__init__(env, model, config or GRPOConfig(), run_dir)
+
+    def _sequence_rewards(self, exp: Experience) -> torch.Tensor:
+        # With the KL as a loss term the advantage sees the task score only (no double penalty).
+        return exp.scores.clone() if self.config.kl_in_loss else exp.rewards.sum(1)
+
+    def _group_advantages(self, r: torch.Tensor) -> torch.Tensor:
+        centred = r - r.mean(1, keepdim=True)
+        if not self.config.scale_rewards:
+            return centred
+        return centred / (r.std(1, keepdim=True) + self.config.std_eps)
+
+    def _loss(self, exp, idx, n_tokens):
+        cfg = self.config
+        loss, out = pg_terms(self, exp, idx, n_tokens, cfg.clip_range)
+        if cfg.kl_in_loss:
+            kl = kl_per_token(out["logp"], exp.ref_logprobs[idx], cfg.kl_loss_estimator)
+            kl_loss = (kl * out["mask"]).sum() / n_tokens
+            loss = loss + self.kl_ctl.beta * kl_loss
+            out["kl_loss"] = kl_loss
+        return loss, out
+
+
+__all__ = ["GRPOAgent", "GRPOConfig", "GroupAgent", "GroupConfig", "RLOOAgent", "RLOOConfig"]

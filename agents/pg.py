@@ -1,0 +1,134 @@
+"""Vanilla policy gradient on the PPO machinery: REINFORCE with a baseline, and advantage actor-critic.
+
+Both are :class:`~tokengym.agents.PPOAgent` subclasses: the KV-cached rollout, the per-token KL penalty
+in the reward [c16], the KL controller, metrics, checkpoints and the minibatch loop are PPO's. They
+override only what differs: the advantages (``_make_experience``) and the loss (``_loss``).
+
+By default the whole batch is one minibatch and there is one epoch, i.e. one gradient step per
+rollout: the importance ratio is exactly 1, so the unclipped surrogate ``-A * ratio`` has the textbook
+gradient ``-A * grad log pi``. Loss aggregation is PPO's token mean [c32].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .advantages import gae, masked_whiten
+from .ppo import Experience, PPOAgent, PPOConfig
+
+
+def whole_batch_defaults(cfg: PPOConfig) -> None:
+    """``minibatch_size=0`` means the whole batch (one gradient step per rollout)."""
+    if cfg.minibatch_size == 0:
+        cfg.minibatch_size = cfg.batch_size
+    cfg.micro_batch_size = min(cfg.micro_batch_size, cfg.minibatch_size)
+
+
+def pg_terms(
+    agent: PPOAgent, exp: Experience, idx: torch.Tensor, n_tokens: torch.Tensor, clip_range: float | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Policy-gradient loss ``-A * ratio`` (clipped like PPO when ``clip_range`` is given) minus the
+    entropy bonus, token mean over the minibatch. Returns the loss and the logged terms
+    (``vf_loss`` is 0: no critic) with the forward's tensors."""
+    f = agent._evaluate(exp, idx)
+    m, ratio, adv = f["mask"], f["ratio"], exp.advantages[idx]
+    losses = -adv * ratio
+    if clip_range is not None:
+        losses = torch.max(losses, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
+    pg_loss = (losses * m).sum() / n_tokens
+    ent = (f["token_entropy"] * m).sum() / n_tokens
+    loss = pg_loss - agent.config.ent_coef * ent
+    return loss, {"pg_loss": pg_loss, "vf_loss": torch.zeros(()), "entropy": ent, **f}
+
+
+@dataclass
+class ReinforceConfig(PPOConfig):
+    """REINFORCE: Monte-Carlo reward-to-go minus a state-independent baseline."""
+
+    minibatch_size: int = 0  # 0 = the whole batch
+    ppo_epochs: int = 1
+    vf_coef: float = 0.0  # no critic
+    whiten_advantages: bool = False  # vanilla: raw G_t - b (set True to divide by the batch std)
+    # "moving_average": b = EMA of past batches' mean sequence return (the first batch uses its own mean);
+    # "batch_mean": b = this batch's mean sequence return; "none": b = 0.
+    baseline: Literal["moving_average", "batch_mean", "none"] = "moving_average"
+    baseline_decay: float = 0.9
+
+    def validate(self) -> None:
+        whole_batch_defaults(self)
+        super().validate()
+        if self.baseline not in ("moving_average", "batch_mean", "none"):
+            raise ValueError(f"baseline must be moving_average, batch_mean or none, got {self.baseline!r}")
+
+
+class ReinforceAgent(PPOAgent):
+    """Vanilla policy gradient (Williams, 1992) with a baseline, on the per-token KL-penalised reward.
+
+    Advantage of token t: ``G_t - b`` with ``G_t = sum_{t' >= t} gamma^(t'-t) r_t'`` (score on the last
+    token, ``-beta * KL`` on every token), ``b`` per :class:`ReinforceConfig`. No clipping, no critic.
+    The moving-average baseline is not saved in checkpoints (a resumed run restarts it from its first batch).
+    """
+
+    def __init__(self, env, model=None, config: ReinforceConfig | None = None, run_dir: str | None = None) -> None:
+        super().__init__(env, model, config or ReinforceConfig(), run_dir)
+        self.baseline_value: float | None = None
+
+    @torch.inference_mode()
+    def _make_experience(self, batch) -> Experience:
+        exp = super()._make_experience(batch)
+        cfg, mask = self.config, batch.response_mask
+        # Reward-to-go = GAE with V = 0 and lambda = 1.
+        returns, _ = gae(exp.rewards, torch.zeros_like(exp.rewards), mask, cfg.gamma, 1.0)
+        seq_mean = returns[:, 0].mean().item()
+        if cfg.baseline == "none":
+            b = 0.0
+        elif cfg.baseline == "batch_mean" or self.baseline_value is None:
+            b = seq_mean
+        else:
+            b = self.baseline_value
+        if cfg.baseline == "moving_average" and not getattr(batch, "augmented", False):
+            prev = seq_mean if self.baseline_value is None else self.baseline_value
+            self.baseline_value = cfg.baseline_decay * prev + (1 - cfg.baseline_decay) * seq_mean
+        advantages = (returns - b) * mask
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        exp.advantages, exp.returns = advantages, returns
+        return exp
+
+    def _loss(self, exp, idx, n_tokens):
+        return pg_terms(self, exp, idx, n_tokens)
+
+
+@dataclass
+class A2CConfig(PPOConfig):
+    """A2C: the value head's advantages, one unclipped step per rollout (SB3's A2C defaults: lambda 1, vf 0.5)."""
+
+    minibatch_size: int = 0  # 0 = the whole batch
+    ppo_epochs: int = 1
+    lam: float = 1.0  # n-step (Monte-Carlo) advantages, as SB3's A2C; set < 1 for GAE
+    vf_coef: float = 0.5
+    whiten_advantages: bool = False
+
+    def validate(self) -> None:
+        whole_batch_defaults(self)
+        super().validate()
+
+
+class A2CAgent(PPOAgent):
+    """Advantage actor-critic: PPO's experience (GAE on the value head, [c22]) with the unclipped loss
+    ``-A * ratio + vf_coef * 0.5 * (V - R)^2 - ent_coef * H``."""
+
+    def __init__(self, env, model=None, config: A2CConfig | None = None, run_dir: str | None = None) -> None:
+        super().__init__(env, model, config or A2CConfig(), run_dir)
+
+    def _loss(self, exp, idx, n_tokens):
+        loss, out = pg_terms(self, exp, idx, n_tokens)
+        vf_loss = 0.5 * (((out["values"] - exp.returns[idx]) ** 2) * out["mask"]).sum() / n_tokens
+        out["vf_loss"] = vf_loss
+        return loss + self.config.vf_coef * vf_loss, out
+
+
+__all__ = ["A2CAgent", "A2CConfig", "ReinforceAgent", "ReinforceConfig", "pg_terms", "whole_batch_defaults"]

@@ -1,0 +1,195 @@
+"""tokengym vs TRL on the same work: seconds per iteration and generated tokens/s.
+
+Work: SmolLM2-135M-Instruct fp32 (our cached Hugging Face folder, ``tokengym.models.resolve_model_path``;
+TRL loads the same folder offline), ``--batch`` (16) completions per iteration as 4 prompts x 4
+samples, ``--new-tokens`` (48) new tokens with EOS off on both sides, the same 16-token prompts
+(``movie_reviews`` prompts cut to their last 16 tokens), a trivial Python reward ``len(response) / 100``
+on both sides, reference model on (KL coefficient 0.05), temperature 1, no top-k/top-p, fp32 on CPU
+(``use_cpu=True, bf16=False, gradient_checkpointing=False``), micro-batches of 8.
+
+Pairs (each side in its own process; the pairs run interleaved, TRL first then ours, for each pair):
+
+* ``rloo``: TRL ``RLOOTrainer`` vs our ``RLOOAgent``: one optimiser step per generation (16 completions);
+* ``grpo``: TRL ``GRPOTrainer`` vs our ``GRPOAgent``: the same;
+* ``ppo``: TRL 1.16 has no PPO trainer, so our ``PPOAgent`` (4 epochs x 2 minibatches of 8, value head,
+  old log-probs from an extra forward) is compared with ``GRPOTrainer`` given the same shape
+  (``num_iterations=4``, ``steps_per_generation=2``: 8 optimiser steps per generation, old log-probs
+  from an extra forward).
+
+TRL runs from the separate virtual environment ``bench/.venv-trl`` (not our package's; create it with
+``python -m venv bench/.venv-trl && bench/.venv-trl/bin/pip install torch==2.13.0 trl==1.16.0 transformers==5.24.0``).
+``--iterations`` (2) iterations per run; the table gives the median seconds per iteration.
+
+Run: ``python bench/peers.py`` (about 15 minutes on a loaded 2-core machine) or ``--pairs rloo,grpo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _util import RESULTS, command_line, disable_eos, machine_info, md_table, median, peak_rss_mb, progress, set_threads, write_results
+
+VENV_PY = Path(__file__).parent / ".venv-trl" / "bin" / "python"
+TRL_ALGO = {"rloo": "rloo", "grpo": "grpo", "ppo": "grpo-ppo"}
+TRL_NAME = {"rloo": "TRL RLOOTrainer", "grpo": "TRL GRPOTrainer", "ppo": "TRL GRPOTrainer (num_iterations=4, 2 minibatches)"}
+OUR_NAME = {"rloo": "tokengym RLOOAgent", "grpo": "tokengym GRPOAgent", "ppo": "tokengym PPOAgent (4 epochs x 2 minibatches)"}
+
+
+def shared_prompts(tok, n: int, P: int) -> list[str]:
+    """``n`` prompt texts that encode to exactly ``P`` tokens (the last P tokens of movie_reviews
+    prompts, decoded), so both frameworks see the same token ids."""
+    from tokengym.envs import load_prompts
+
+    out = []
+    for item in load_prompts("movie_reviews", split="train").items:
+        ids = tok(item["prompt"])["input_ids"]
+        if len(ids) < P:
+            continue
+        text = tok.decode(ids[-P:])
+        if tok(text)["input_ids"] == ids[-P:] and text not in out:
+            out.append(text)
+            if len(out) == n:
+                return out
+    raise ValueError(f"only {len(out)} prompts round-trip to {P} tokens")
+
+
+def ours_child(args: argparse.Namespace) -> None:
+    set_threads(args.threads)
+    from tokengym.agents import GRPOAgent, GRPOConfig, PPOAgent, PPOConfig, RLOOAgent, RLOOConfig
+    from tokengym.envs import BatchedTextEnv
+    from tokengym.models import load_causal_lm
+
+    t0 = time.perf_counter()
+    prompts = json.loads(Path(args.prompts).read_text())
+    tok, model = load_causal_lm()
+    env = BatchedTextEnv(args.batch, tokenizer=tok, reward=lambda p, r: len(r) / 100.0,
+                         prompts=[{"prompt": p, "id": str(i)} for i, p in enumerate(prompts)], split=None,
+                         max_new_tokens=args.new_tokens, max_prompt_tokens=args.prompt_tokens)
+    disable_eos(env)
+    common = dict(batch_size=args.batch, micro_batch_size=args.micro, kl_coef=args.beta, adaptive_kl=False,
+                  sample_every=0, anneal_lr=False, learning_rate=1e-5)
+    if args.child == "ppo":
+        agent = PPOAgent(env, model, PPOConfig(**common, minibatch_size=args.micro, ppo_epochs=args.epochs))
+    elif args.child == "rloo":
+        agent = RLOOAgent(env, model, RLOOConfig(**common, group_size=args.group))
+    else:
+        agent = GRPOAgent(env, model, GRPOConfig(**common, group_size=args.group))
+    setup_s = time.perf_counter() - t0
+    rows = [agent.step() for _ in range(args.iterations)]
+    out = {
+        "algo": args.child, "framework": "tokengym", "iteration_s": [r["iteration_s"] for r in rows],
+        "generated_tokens_per_iteration": args.batch * args.new_tokens, "setup_s": setup_s,
+        "mean_completion_length": median([r["response_length"] for r in rows]),
+        "phases_total_s": {"rollout (generation+scoring)": sum(r["rollout_s"] for r in rows),
+                           "logprobs_old_ref": sum(r["iteration_s"] - r["rollout_s"] - r["update_s"] for r in rows),
+                           "update": sum(r["update_s"] for r in rows)},
+        "peak_rss_mb": peak_rss_mb(), "config": {**common, "algo": args.child},
+    }
+    Path(args.out).write_text(json.dumps(out, default=float))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pairs", default="rloo,grpo,ppo")
+    ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--micro", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--beta", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--prompts", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return ours_child(args)
+
+    set_threads(args.threads)
+    from tokengym.models import load_tokenizer, resolve_model_path
+
+    model_dir = resolve_model_path(None)
+    tok = load_tokenizer()
+    n_prompts = args.iterations * args.batch  # enough distinct prompts for every side
+    info = machine_info()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    common = [f"--iterations={args.iterations}", f"--batch={args.batch}", f"--group={args.group}", f"--micro={args.micro}",
+              f"--epochs={args.epochs}", f"--new-tokens={args.new_tokens}", f"--beta={args.beta}", f"--threads={args.threads}"]
+    js = RESULTS / "peers.json"
+    old = json.loads(js.read_text()) if js.is_file() else {}
+    results: dict = old.get("pairs", {}) if old.get("settings", {}).get("common") == common else {}
+    errors: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pfile = Path(tmp) / "prompts.json"
+        pfile.write_text(json.dumps(shared_prompts(tok, n_prompts, args.prompt_tokens)))
+        for pair in args.pairs.split(","):
+            results[pair] = {}
+            for side in ("trl", "ours"):
+                out = Path(tmp) / f"{pair}-{side}.json"
+                if side == "trl":
+                    if not VENV_PY.is_file():
+                        errors[f"{pair}/trl"] = f"{VENV_PY} missing: create the TRL venv (see the docstring)"
+                        continue
+                    cmd = [str(VENV_PY), str(Path(__file__).parent / "_peers_trl.py"), "--algo", TRL_ALGO[pair],
+                           "--model", str(model_dir), "--prompts", str(pfile), "--out", str(out), *common]
+                else:
+                    cmd = [sys.executable, __file__, "--child", pair, "--prompts", str(pfile), "--out", str(out),
+                           f"--prompt-tokens={args.prompt_tokens}", *common]
+                progress(f"{pair}: {side}")
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    errors[f"{pair}/{side}"] = proc.stderr[-3000:]
+                    progress(f"{pair}: {side} FAILED (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+                    continue
+                res = json.loads(out.read_text())
+                res["process_wall_s"] = time.perf_counter() - t0
+                res["median_iteration_s"] = median(res["iteration_s"])
+                res["tokens_per_s"] = res["generated_tokens_per_iteration"] / res["median_iteration_s"]
+                results[pair][side] = res
+                progress(f"{pair}: {side} {res['median_iteration_s']:.1f} s/iteration")
+
+    rows = []
+    for pair, sides in results.items():
+        for side in ("trl", "ours"):
+            if side not in sides:
+                continue
+            r = sides[side]
+            name = TRL_NAME[pair] if side == "trl" else OUR_NAME[pair]
+            rows.append([name, ", ".join(f"{x:.1f}" for x in r["iteration_s"]), r["median_iteration_s"], r["tokens_per_s"],
+                         r["peak_rss_mb"],
+                         "; ".join(f"{k} {v / len(r['iteration_s']):.1f}" for k, v in r["phases_total_s"].items())])
+        if "trl" in sides and "ours" in sides:
+            sides["trl_over_ours"] = sides["trl"]["median_iteration_s"] / sides["ours"]["median_iteration_s"]
+    end = machine_info()
+    data = {"command": command_line(), "settings": {"common": common, "prompt_tokens": args.prompt_tokens},
+            "machine_start": info, "machine_end": end, "pairs": results, "errors": errors}
+    md = [f"### tokengym vs TRL (SmolLM2-135M fp32, {args.batch} completions = {args.batch // args.group} prompts x {args.group}, "
+          f"{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens, EOS off, reference model on, micro-batch {args.micro})", "",
+          md_table(["run", "s per iteration (each)", "median s/iteration", "generated tokens/s", "peak RSS MB", "phases s/iteration"], rows), ""]
+    for pair, sides in results.items():
+        if "trl_over_ours" in sides:
+            md.append(f"* {pair}: TRL / tokengym seconds per iteration = **{sides['trl_over_ours']:.2f}**")
+    if errors:
+        md += ["", "Errors:", ""] + [f"* {k}: ```{v.strip()[-800:]}```" for k, v in errors.items()]
+    md += ["", f"TRL side: {next((s['trl']['framework'] for s in results.values() if 'trl' in s), 'not run')}, from `bench/.venv-trl`. "
+           f"Each run is its own process ({args.iterations} iterations; the first includes warm-up); the pairs ran one after the "
+           f"other on a machine shared with other jobs (load average {info['load_average'][0]:.1f} at start, "
+           f"{end['load_average'][0]:.1f} at end), torch threads {args.threads}.",
+           f"Command: `{data['command']}` ({end['date']})"]
+    write_results("peers", data, "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""One PPO iteration on SmolLM2, phase by phase, against the floors measured in the same run.
+
+Workload: ``--batch`` (16) prompts of exactly ``--prompt-tokens`` (16) tokens, ``--new-tokens`` (48) new
+tokens each (EOS off, so every episode has 48 tokens), ``--epochs`` (4) PPO epochs of minibatch
+``--minibatch`` (8), fp32; the reward is a ``learned`` MiniLM reward model (a fresh one from
+``tokengym.rewards.learned.new_reward_model()``, saved to a temporary folder). Configurations: full
+fine-tuning (frozen deep-copied reference) and LoRA (``lora_r=16``; the reference is the base with the
+adapters disabled).
+
+Each configuration runs in its own subprocess (so its peak resident memory is its own), which
+alternates for ``--repeats`` rounds:
+
+* **ours**: ``PPOAgent.step()``, timed from outside by wrapping ``agent.sampler.rollout`` (generation),
+  the env's reward (scoring; inside the rollout, subtracted from generation), ``agent.ac.evaluate``
+  (old log-probs and values), ``agent.ac.reference_logprobs`` and ``agent._update``;
+* **direct floor**: the same work called directly on the model: ``generate`` (KV cache, EOS off), the
+  reward model's forward on the texts, one policy forward (response logits + hidden states) and one
+  reference forward over the batch, and ``epochs x batch/minibatch`` forward+backward passes (response
+  log-probs + value head) each followed by an Adam step;
+* **FLOP floor** (computed): the FLOPs of those passes (2 N per token forward, 6 N forward+backward for
+  full fine-tuning, 4 N for LoRA (no weight gradients of the frozen base), the LM head only where
+  logits are needed, attention 4 d L ctx per token) divided by the fp32 matmul peak measured in the same
+  process (2048x2048 matmuls). Decode steps cannot run at matmul peak (a batch-16 step reads every
+  weight to do 32 FLOPs per weight), so a **roofline floor** also charges each decode step the
+  time to read the weights once at the measured memory bandwidth.
+
+Peak memory is the subprocess's ``ru_maxrss`` right after its first "ours" iteration (before the floor
+ran in it). Targets (issue 7): iteration <= 1.5x FLOP floor; peak memory <= 3 GB (LoRA), <= 6 GB (full).
+
+Run: ``python bench/ppo_iteration.py`` (both configs, ~10-15 min on a loaded 2-core machine) or
+``--configs lora``; results of configs not re-run are kept in bench/results/ppo_iteration.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _util import (
+    RESULTS, Timer, command_line, disable_eos, long_prompt_indices, machine_info, matmul_peak_gflops, md_table,
+    median, memory_bandwidth_gbs, peak_rss_mb, progress, set_threads, write_results,
+)
+
+PHASES = ["generation", "scoring", "old_logprobs_values", "reference_logprobs", "update", "other"]
+PHASE_NAMES = {
+    "generation": "generation", "scoring": "scoring (reward model)", "old_logprobs_values": "old log-probs + values (fwd)",
+    "reference_logprobs": "reference log-probs (fwd)", "update": "update (fwd+bwd+Adam)", "other": "other (advantages, metrics)",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOP model
+# ----------------------------------------------------------------------------------------------
+def flop_model(model, B: int, P: int, T: int, epochs: int, lora: bool, rm_tokens: int, rm_body: int) -> dict[str, float]:
+    cfg = model.config
+    d, L = cfg.hidden_size, cfg.num_hidden_layers
+    n_total = sum(p.numel() for p in model.get_base_model().parameters()) if hasattr(model, "get_base_model") \
+        else sum(p.numel() for p in model.parameters())
+    n_emb = model.get_input_embeddings().weight.numel()  # tied: the LM head is the same matrix
+    n_body = n_total - n_emb
+
+    def attn(ctx_from: int, ctx_to: int) -> float:  # positions ctx_from..ctx_to-1 attending causally
+        return sum(4 * d * L * (i + 1) for i in range(ctx_from, ctx_to))
+
+    def fwd(rows: int, S: int, K: int) -> float:  # rows x S tokens, LM head on K positions
+        return rows * (2 * n_body * S + 2 * n_emb * K + attn(0, S))
+
+    gen = B * (2 * n_body * P + 2 * n_emb + attn(0, P))  # prefill
+    gen += sum(B * (2 * (n_body + n_emb) + 4 * d * L * (P + t + 1)) for t in range(T - 1))  # decode steps
+    one_fwd = fwd(B, P + T, T)
+    return {
+        "generation": gen,
+        "scoring": 2 * rm_body * rm_tokens,
+        "old_logprobs_values": one_fwd,
+        "reference_logprobs": one_fwd,
+        "update": epochs * one_fwd * (2 if lora else 3),
+        "other": 0.0,
+        "_decode_steps": T - 1,
+        "_weight_bytes": 4 * n_total,
+        "_n_params": n_total,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Child: one configuration
+# ----------------------------------------------------------------------------------------------
+def child(args: argparse.Namespace) -> None:
+    set_threads(args.threads)
+    import numpy as np
+    import torch
+
+    from tokengym.agents import PPOAgent, PPOConfig
+    from tokengym.envs import BatchedTextEnv
+    from tokengym.models import load_causal_lm
+
+    B, T, P, lora = args.batch, args.new_tokens, args.prompt_tokens, args.child == "lora"
+    tok, model = load_causal_lm()
+    env = BatchedTextEnv(B, tokenizer=tok, reward=args.rm, max_new_tokens=T, max_prompt_tokens=P)
+    disable_eos(env)
+    long_idx = np.asarray(long_prompt_indices(env, 4 * B, P))
+    cfg = PPOConfig(batch_size=B, minibatch_size=args.minibatch, micro_batch_size=args.minibatch, ppo_epochs=args.epochs,
+                    lora_r=16 if lora else 0, sample_every=0, adaptive_kl=False)
+    agent = PPOAgent(env, model, cfg)
+    agent.total_iterations = 1000  # keep the learning rate away from 0 (annealing)
+    agent.prompt_sampler = lambda n, progress, rng: rng.choice(long_idx, size=n, replace=False)
+    policy, value_head = agent.ac.policy, agent.ac.value_head
+
+    timer = Timer()
+    timer.wrap(agent.sampler, "rollout", "rollout")
+    timer.wrap(agent.ac, "evaluate", "old_logprobs_values")
+    timer.wrap(agent.ac, "reference_logprobs", "reference_logprobs")
+    timer.wrap(agent, "_update", "update")
+    reward_inner = env._ep.reward
+    learned = reward_inner.inner  # the LearnedReward inside the CheckedReward
+
+    def timed_reward(*a, **k):
+        with timer.section("scoring"):
+            return reward_inner(*a, **k)
+
+    env._ep.reward = timed_reward
+
+    def ours() -> dict[str, dict[str, float]]:
+        timer.reset()
+        with timer.section("total"):
+            agent.step()
+        out = {}
+        for kind, tt in (("wall", timer.totals), ("cpu", timer.cpu)):
+            ph = {"generation": tt["rollout"] - tt.get("scoring", 0.0), "scoring": tt.get("scoring", 0.0),
+                  "old_logprobs_values": tt["old_logprobs_values"], "reference_logprobs": tt["reference_logprobs"],
+                  "update": tt["update"]}
+            ph["other"] = tt["total"] - sum(ph.values())
+            ph["total"] = tt["total"]
+            out[kind] = ph
+        return out
+
+    gen_cfg = copy.deepcopy(policy.generation_config if not lora else policy.get_base_model().generation_config)
+    gen_cfg.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=T, eos_token_id=None,
+                   pad_token_id=tok.pad_token_id)
+    keep = torch.arange(P - 1, P + T - 1)
+    rm_tokens = [0]
+
+    def floor(seed: int) -> dict[str, dict[str, float]]:
+        ft = Timer()
+        rng = np.random.default_rng(seed)
+        obs, _ = env.reset(options={"prompt_indices": rng.choice(long_idx, size=B, replace=False)})
+        prompt = torch.as_tensor(obs["input_ids"][:, :P])
+        pmask = torch.ones_like(prompt)
+        torch.manual_seed(seed)
+        with ft.section("generation"), torch.no_grad():
+            ids = policy.generate(input_ids=prompt, attention_mask=pmask, generation_config=gen_cfg)
+        texts = tok.batch_decode(ids[:, P:], skip_special_tokens=True)
+        prompts = tok.batch_decode(prompt, skip_special_tokens=True)
+        with ft.section("scoring"), torch.inference_mode():
+            enc = learned.tokenizer(prompts, texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            learned.model(**enc)
+        rm_tokens[0] = int(enc["attention_mask"].sum())
+        mask = torch.ones_like(ids)
+        resp = ids[:, P:]
+
+        def forward(m, rows):
+            out = m(input_ids=ids[rows], attention_mask=mask[rows], logits_to_keep=keep, output_hidden_states=True, use_cache=False)
+            logp = torch.log_softmax(out.logits.float(), -1).gather(-1, resp[rows, :, None]).squeeze(-1)
+            return logp, value_head(out.hidden_states[-1][:, P - 1 : P + T - 1])
+
+        all_rows = torch.arange(B)
+        with ft.section("old_logprobs_values"), torch.inference_mode():
+            forward(policy, all_rows)
+        with ft.section("reference_logprobs"), torch.inference_mode(), agent.ac.reference_context():
+            forward(agent.ac.reference if agent.ac.reference is not None else policy, all_rows)
+        with ft.section("update"):
+            for _ in range(args.epochs):
+                for s in range(0, B, args.minibatch):
+                    agent.optimizer.zero_grad(set_to_none=True)
+                    logp, values = forward(policy, all_rows[s : s + args.minibatch])
+                    (-(logp.mean()) + values.pow(2).mean()).backward()
+                    agent.optimizer.step()
+            agent.optimizer.zero_grad(set_to_none=True)
+        out = {}
+        for kind, tt in (("wall", ft.totals), ("cpu", ft.cpu)):
+            ph = dict(tt)
+            ph["other"] = 0.0
+            ph["total"] = sum(ph.values())
+            out[kind] = ph
+        return out
+
+    peak = matmul_peak_gflops()
+    bw = memory_bandwidth_gbs()
+    rounds = []
+    rss_after_ours = None
+    for r in range(args.repeats):
+        progress(f"[{args.child}] round {r + 1}/{args.repeats}: ours")
+        o = ours()
+        if rss_after_ours is None:
+            rss_after_ours = peak_rss_mb()
+        progress(f"[{args.child}] round {r + 1}/{args.repeats}: ours {o['wall']['total']:.1f} s; direct floor")
+        f = floor(1000 + r)
+        progress(f"[{args.child}] round {r + 1}/{args.repeats}: direct floor {f['wall']['total']:.1f} s")
+        rounds.append({"ours": o, "floor": f})
+        peak = max(peak, matmul_peak_gflops(repeats=3))
+        bw = max(bw, memory_bandwidth_gbs(repeats=3))
+
+    rm_body = sum(p.numel() for p in learned.model.parameters()) - learned.model.get_input_embeddings().weight.numel()
+    flops = flop_model(policy, B, P, T, args.epochs, lora, rm_tokens[0], rm_body)
+    out = {
+        "config": args.child, "rounds": rounds, "matmul_peak_gflops": peak, "memory_bandwidth_gbs": bw, "flops": flops,
+        "peak_rss_mb_ours": rss_after_ours, "peak_rss_mb_process": peak_rss_mb(),
+        "trainable_parameters": sum(p.numel() for p in agent.ac.trainable_parameters()),
+        "tokens_per_iteration": B * T, "machine": machine_info(),
+    }
+    Path(args.out).write_text(json.dumps(out, default=float))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent: run the children, write the tables
+# ----------------------------------------------------------------------------------------------
+def summarise(res: dict) -> dict:
+    peak, bw, fl = res["matmul_peak_gflops"] * 1e9, res["memory_bandwidth_gbs"] * 1e9, res["flops"]
+    out: dict = {}
+    flop_s = {p: fl[p] / peak for p in PHASES}
+    flop_s["total"] = sum(flop_s.values())
+    roof = dict(flop_s)
+    roof["generation"] = max(flop_s["generation"], fl["_decode_steps"] * fl["_weight_bytes"] / bw)
+    roof["total"] = sum(roof[p] for p in PHASES)
+    out["flop_floor"], out["roofline_floor"] = flop_s, roof
+    for kind in ("wall", "cpu"):
+        ours = {p: median([r["ours"][kind][p] for r in res["rounds"]]) for p in PHASES + ["total"]}
+        floor = {p: median([r["floor"][kind][p] for r in res["rounds"]]) for p in PHASES + ["total"]}
+        ratio_rounds = [r["ours"][kind]["total"] / r["floor"][kind]["total"] for r in res["rounds"]]
+        out[kind] = {"ours": ours, "direct_floor": floor, "ours_over_direct_floor": median(ratio_rounds),
+                     "ours_over_direct_floor_rounds": ratio_rounds,
+                     "ours_over_flop_floor": ours["total"] / flop_s["total"],
+                     "ours_over_roofline_floor": ours["total"] / roof["total"],
+                     "direct_floor_over_flop_floor": floor["total"] / flop_s["total"]}
+    return out
+
+
+def markdown(results: dict, settings: dict, command: str) -> str:
+    lines = [f"### One PPO iteration (SmolLM2-135M fp32, batch {settings['batch']}, {settings['prompt_tokens']}-token prompts, "
+             f"{settings['new_tokens']} new tokens, {settings['epochs']} epochs x minibatch {settings['minibatch']}, "
+             "learned MiniLM reward)", ""]
+    mem_rows = []
+    for name, res in results.items():
+        sm = res["summary"]
+        w, c, ff, rf = sm["wall"], sm["cpu"], sm["flop_floor"], sm["roofline_floor"]
+        rows = [[PHASE_NAMES[p], w["ours"][p], w["direct_floor"][p], c["ours"][p], c["direct_floor"][p], ff[p], rf[p],
+                 c["ours"][p] / c["direct_floor"][p] if c["direct_floor"][p] > 0 else float("nan")] for p in PHASES]
+        rows.append(["**total**", w["ours"]["total"], w["direct_floor"]["total"], c["ours"]["total"], c["direct_floor"]["total"],
+                     ff["total"], rf["total"], c["ours_over_direct_floor"]])
+        lines += [f"**{name}** ({res['trainable_parameters'] / 1e6:.2f} M trainable parameters; "
+                  f"fp32 matmul peak {res['matmul_peak_gflops']:.1f} GFLOP/s, read bandwidth {res['memory_bandwidth_gbs']:.1f} GB/s "
+                  f"measured in the same process; {len(res['rounds'])} round(s), medians)", "",
+                  md_table(["phase", "ours wall s", "direct floor wall s", "ours CPU s", "direct floor CPU s", "FLOP floor s",
+                            "roofline floor s", "ours / direct (CPU)"], rows), "",
+                  f"* ours / direct floor = **{c['ours_over_direct_floor']:.2f}** by CPU time, {w['ours_over_direct_floor']:.2f} by wall "
+                  "time (per round, CPU: " + ", ".join(f"{x:.2f}" for x in c["ours_over_direct_floor_rounds"]) + ")",
+                  f"* ours / FLOP floor = **{c['ours_over_flop_floor']:.1f}** by CPU time, {w['ours_over_flop_floor']:.1f} by wall "
+                  f"time (target <= 1.5: {'met' if min(c['ours_over_flop_floor'], w['ours_over_flop_floor']) <= 1.5 else 'NOT met'}); "
+                  f"ours / roofline floor = {c['ours_over_roofline_floor']:.1f} (CPU); the direct floor itself is "
+                  f"{c['direct_floor_over_flop_floor']:.1f}x the FLOP floor (CPU)",
+                  f"* {res['tokens_per_iteration'] / w['ours']['total']:.1f} generated tokens/s over the whole iteration (wall), "
+                  f"{res['tokens_per_iteration'] / c['ours']['total']:.1f} per CPU-second", ""]
+        limit = 3000 if name == "lora" else 6000
+        mem_rows.append([name, res["peak_rss_mb_ours"], limit, "met" if res["peak_rss_mb_ours"] <= limit else "NOT met",
+                         res["peak_rss_mb_process"]])
+    lines += ["Peak resident memory (MB) of each configuration's process after its first PPO iteration:", "",
+              md_table(["config", "peak RSS MB (ours)", "target MB", "", "peak RSS MB incl. direct floor"], mem_rows), "",
+              "Direct floor = the same passes called on the model without the agent; FLOP floor = the iteration's FLOPs at the "
+              "measured matmul peak; roofline floor = the same, except each decode step costs at least one read of the weights "
+              "at the measured bandwidth. CPU time = the process's CPU seconds (one torch thread, so CPU time = work done, "
+              "and other jobs on the machine inflate it much less than wall time). "
+              f"Machine shared with other jobs (load average {results[next(iter(results))]['machine']['load_average'][0]:.1f}); "
+              "ours and the direct floor alternate in one process, so their ratio is the robust number.",
+              f"Command: `{command}`"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", default="full,lora")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--minibatch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--rm", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    settings = {k: getattr(args, k) for k in ("batch", "new_tokens", "prompt_tokens", "epochs", "minibatch", "repeats", "threads")}
+    js = RESULTS / "ppo_iteration.json"
+    old = json.loads(js.read_text()) if js.is_file() else {}
+    results = {k: v for k, v in old.get("configs", {}).items()  # configs of an earlier run with the same settings
+               if old.get("settings") == settings and "wall" in v["rounds"][0]["ours"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        set_threads(args.threads)
+        from tokengym.rewards.learned import new_reward_model, save_reward_model
+
+        rm_dir = Path(tmp) / "rm"
+        rtok, rmodel = new_reward_model(seed=0)
+        save_reward_model(rm_dir, rtok, rmodel, base_model="all-MiniLM-L6-v2")
+        del rtok, rmodel
+        for name in args.configs.split(","):
+            out = Path(tmp) / f"{name}.json"
+            cmd = [sys.executable, __file__, "--child", name, "--rm", str(rm_dir), "--out", str(out)]
+            cmd += [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+            progress(f"config {name}: subprocess")
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            res = json.loads(out.read_text())
+            res["wall_s"] = time.perf_counter() - t0
+            res["summary"] = summarise(res)
+            results[name] = res
+    results = {k: results[k] for k in ("full", "lora") if k in results}
+    data = {"command": command_line(), "settings": settings, "configs": results}
+    md = markdown(results, settings, data["command"])
+    write_results("ppo_iteration", data, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Reward-model losses and training: K-wise = sum of pairwise gradients, a tiny BERT learns, folder format."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from tokengym.feedback.losses import best_of_n_loss, kwise_loss, pairwise_loss, pointwise_loss
+from tokengym.feedback.rm_training import RewardModelTrainer, RMConfig, tiny_reward_model, train_reward_model
+from tokengym.feedback.simulate import LabelSimulator, SimulatedAnnotator
+from tokengym.feedback.store import FeedbackStore
+
+POSITIVE = ["great", "wonderful", "superb", "lovely", "brilliant", "delightful"]
+NEGATIVE = ["awful", "terrible", "boring", "dreadful", "horrible", "dull"]
+NEUTRAL = ["film", "plot", "actor", "scene", "music", "story", "camera", "ending"]
+
+
+def tiny_bert(seed: int = 0):
+    """A 2-layer BERT built in code with the MiniLM tokenizer."""
+    return tiny_reward_model(hidden=32, layers=2, seed=seed)
+
+
+def synthetic_judge(prompts, responses):
+    """Gold: positive words minus negative words."""
+    return [sum(w in POSITIVE for w in r.split()) - sum(w in NEGATIVE for w in r.split()) for r in responses]
+
+
+def synthetic_store(path: Path, n_prompts: int = 30, k: int = 6, seed: int = 0) -> FeedbackStore:
+    rng = np.random.default_rng(seed)
+    store = FeedbackStore(path)
+    pids = store.add_prompts([f"review number {i} says" for i in range(n_prompts)])
+    rows = []
+    for pid in pids:
+        for _ in range(k):
+            words = list(rng.choice(NEUTRAL, 4)) + list(rng.choice(POSITIVE, rng.integers(0, 3))) + \
+                list(rng.choice(NEGATIVE, rng.integers(0, 3)))
+            rng.shuffle(words)
+            rows.append((pid, " ".join(words), "sample", {}, None, 0))
+    store.add_candidates(rows)
+    return store
+
+
+def test_head_initialisation() -> None:
+    _, model = tiny_bert()
+    head = model.classifier
+    assert float(head.bias.detach().abs().max()) == 0.0
+    assert abs(float(head.weight.detach().std()) - 1 / np.sqrt(33)) < 0.1
+
+
+def test_kwise_gradient_equals_sum_of_pairwise_gradients() -> None:
+    tok, model = tiny_bert()
+    trainer = RewardModelTrainer(tok, model, RMConfig(max_length=32))
+    prompt = "the film was"
+    ranked = ["wonderful and superb", "fine i guess", "long", "awful boring mess of a plot"]
+
+    model.zero_grad()
+    kwise_loss(trainer.rewards([prompt] * 4, ranked), reduction="sum").backward()
+    kwise_grads = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad()
+    for a, b in itertools.combinations(ranked, 2):  # each pair its own forward pass
+        r = trainer.rewards([prompt, prompt], [a, b])
+        pairwise_loss(r[:1], r[1:]).backward()  # grads accumulate: the sum over pairs
+    for g_k, p in zip(kwise_grads, model.parameters()):
+        torch.testing.assert_close(g_k, p.grad, rtol=1e-4, atol=1e-6)
+    # the default (InstructGPT) reduction divides by C(K,2)
+    r = torch.tensor([2.0, 1.0, 0.5])
+    torch.testing.assert_close(kwise_loss(r), kwise_loss(r, reduction="sum") / 3)
+
+
+def test_other_losses_by_hand() -> None:
+    r = torch.tensor([1.0, 0.0, -1.0])
+    torch.testing.assert_close(best_of_n_loss(r, 0), -torch.log(torch.exp(r[0]) / torch.exp(r).sum()))
+    torch.testing.assert_close(pairwise_loss(torch.tensor([1.0]), torch.tensor([0.0]), margin=1.0),
+                               torch.log(torch.tensor(2.0)))
+    torch.testing.assert_close(pointwise_loss(r, torch.zeros(3)), torch.tensor(2.0 / 3))
+
+
+def test_tiny_bert_learns_synthetic_preferences(tmp_path: Path) -> None:
+    store = synthetic_store(tmp_path / "fb.sqlite")
+    sim = LabelSimulator(store, synthetic_judge, seed=0)
+    sim.label_pairs([SimulatedAnnotator("sim", accuracy=0.9)], sim.sample_pairs(400))
+    cfg = RMConfig(epochs=3, lr=3e-3, batch_size=16, max_length=24, heldout_fraction=0.2)
+    result = train_reward_model(store, tmp_path / "rm", cfg, judge=synthetic_judge, model=tiny_bert(), log=None)
+    print(result.summary())
+    assert result.heldout_gold_accuracy is not None and result.heldout_gold_accuracy > 0.7, result.summary()
+    assert result.heldout_accuracy > 0.6
+
+    # The folder is what LearnedReward loads: HF classifier + tokenizer + tokengym_reward.json.
+    meta = json.loads((tmp_path / "rm" / "tokengym_reward.json").read_text())
+    assert meta["input_format"] == "pair" and meta["std"] > 0 and "base_model" in meta
+    assert (tmp_path / "rm" / "model.safetensors").is_file()
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    assert model.config.num_labels == 1
+    from tokengym.rewards import LearnedReward
+
+    reward = LearnedReward(tmp_path / "rm", max_length=24)
+    cands = store.candidates(round=0)
+    prompts = {p.id: p.text for p in store.prompts()}
+    scores = reward([prompts[c.prompt_id] for c in cands], [c.text for c in cands])
+    assert abs(scores.mean()) < 1e-3 and abs(scores.std() - 1) < 1e-3  # normalised on reference samples
+
+
+def test_rankings_and_scores_train_too(tmp_path: Path) -> None:
+    store = synthetic_store(tmp_path / "fb.sqlite", n_prompts=12, k=4)
+    sim = LabelSimulator(store, synthetic_judge, seed=1)
+    sim.label_rankings([SimulatedAnnotator("r", accuracy=0.95)])
+    sim.label_scores([SimulatedAnnotator("s", accuracy=0.95)])
+    for loss in ("kwise", "best_of_n"):
+        cfg = RMConfig(epochs=1, lr=1e-3, batch_size=8, max_length=24, ranking_loss=loss, heldout_fraction=0.25)
+        result = train_reward_model(store, None, cfg, model=tiny_bert(), log=None)
+        assert np.isfinite(result.losses).all() and result.n_heldout_pairs > 0

@@ -1,0 +1,127 @@
+"""Issue 9 numerical guards: a non-finite loss / gradient skips the optimiser step with a RuntimeWarning
+and is counted (``nonfinite_total``); a streak of them stops training with a ``NonFiniteError`` that
+names the quantity.
+
+What reaches the guard, found by trying: a reward of finite but huge magnitude (>= ~7e18 here)
+passes the reward validation (it is a finite float32) and overflows the value loss to inf -> "loss".
+NaN value-head weights -> NaN values -> "loss". A finite loss with an infinite gradient is injected
+with a gradient hook -> "gradient norm". NaN policy weights after the rollout -> "policy log-probs"
+(NaN weights *before* a rollout cannot reach it: sampling refuses NaN probabilities first).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from tokengym.agents import NonFiniteError, PPOAgent, PPOConfig
+from tokengym.envs import BatchedTextEnv
+from tokengym.models import make_tiny_causal_lm
+from tokengym.testing import TOY_PROMPTS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+HUGE = 1e30  # finite in float32, so it passes CheckedReward, but its square overflows
+
+
+def make_agent(tok, reward, run_dir=None, **kw) -> PPOAgent:
+    _, model = make_tiny_causal_lm(tok, hidden=16, n_layers=1, n_heads=2, seed=0)
+    env = BatchedTextEnv(4, tokenizer=tok, reward=reward, prompts=TOY_PROMPTS, split=None, max_new_tokens=4,
+                         max_prompt_tokens=4)
+    cfg = dict(batch_size=4, minibatch_size=2, micro_batch_size=2, ppo_epochs=1, learning_rate=1e-2, anneal_lr=False,
+               sample_every=0)
+    cfg.update(kw)
+    return PPOAgent(env, model, PPOConfig(**cfg), run_dir=run_dir)
+
+
+def weights(agent: PPOAgent) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in agent.ac.named_parameters()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_nonfinite_loss_skips_the_update_warns_and_is_counted(toy_tok, tmp_path):
+    calls = {"n": 0}
+
+    def reward(prompt: str, response: str) -> float:  # huge on the first rollout only (4 episodes)
+        calls["n"] += 1
+        return HUGE if calls["n"] <= 4 else float(len(response)) / 10
+
+    agent = make_agent(toy_tok, reward, run_dir=str(tmp_path / "run"))
+    before = weights(agent)
+    with pytest.warns(RuntimeWarning, match="skipped a minibatch at iteration 0 because of a bad loss") as record:
+        m1 = agent.step()
+    assert sum("skipped a minibatch" in str(w.message) for w in record) == 2  # both minibatches
+    assert m1["nonfinite_total"] == 2.0 and m1["skipped_minibatches"] == 2.0
+    assert same(before, weights(agent))  # skipped: no optimiser step touched the weights
+    assert agent.optimizer.state == {} or all(not s for s in agent.optimizer.state.values())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a healthy iteration warns nothing
+        m2 = agent.step()
+    assert m2["nonfinite_total"] == 2.0 and m2["skipped_minibatches"] == 0.0
+    assert agent.nonfinite_streak == 0  # a good minibatch resets the streak
+    assert not same(before, weights(agent))
+    assert all(math.isfinite(v) for v in (m2["pg_loss"], m2["vf_loss"]))
+    assert all(torch.isfinite(p).all() for p in agent.ac.parameters())
+
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_total"] for r in logged] == [2.0, 2.0]
+    agent.save_checkpoint(tmp_path / "ckpt")  # the count survives a resume
+    again = make_agent(toy_tok, reward)
+    again.load_checkpoint(tmp_path / "ckpt")
+    assert again.nonfinite_total == 2
+
+
+def _huge_reward(agent):
+    """Nothing to inject: the reward itself returns HUGE (its row in the table below)."""
+
+
+def _nan_value_head(agent):
+    with torch.no_grad():
+        agent.ac.value_head.linear.weight.fill_(float("nan"))
+
+
+def _infinite_gradient(agent):
+    # A finite loss whose gradient overflows: scale one parameter's gradient to inf on the way back.
+    agent.ac.value_head.linear.weight.register_hook(lambda g: g * float("inf"))
+
+
+def _nan_policy_after_rollout(agent):
+    real = agent._make_experience
+
+    def make_experience(batch):
+        exp = real(batch)  # old log-probs computed with the healthy policy
+        with torch.no_grad():
+            agent.ac.policy.get_output_embeddings().weight.fill_(float("nan"))
+        return exp
+
+    agent._make_experience = make_experience
+
+
+@pytest.mark.parametrize(
+    "inject, reward_value, quantity",
+    [
+        pytest.param(_huge_reward, HUGE, "loss", id="huge-reward"),
+        pytest.param(_nan_value_head, 0.5, "loss", id="nan-value-head"),
+        pytest.param(_infinite_gradient, 0.5, "gradient norm", id="inf-gradient"),
+        pytest.param(_nan_policy_after_rollout, 0.5, "policy log-probs", id="nan-policy"),
+    ],
+)
+def test_a_streak_of_nonfinite_updates_raises_naming_the_quantity(toy_tok, inject, reward_value, quantity):
+    # 2 epochs x 2 minibatches: the 3rd consecutive skip (max_nonfinite_updates=3) stops training.
+    agent = make_agent(toy_tok, lambda p, r: reward_value, ppo_epochs=2)
+    inject(agent)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(NonFiniteError, match=rf"3 consecutive minibatches skipped at iteration 0: the {quantity} kept"):
+            agent.step()
+    skipped = [str(w.message) for w in record if "skipped a minibatch" in str(w.message)]
+    assert len(skipped) == 3 and all(f"bad {quantity}" in s for s in skipped), skipped  # the 3rd warns, then raises
+    assert agent.nonfinite_total == 3
