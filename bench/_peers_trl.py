@@ -81,14 +81,14 @@ def main() -> None:
         config = trl.GRPOConfig(**common, **shape, max_steps=args.iterations * steps_per_iter)
         Trainer = trl.GRPOTrainer
 
-    begins, ends = [], []
+    begins, ends = [], []  # (wall, CPU) at each optimiser step's start and end
 
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
-            begins.append(time.perf_counter())
+            begins.append((time.perf_counter(), time.process_time()))
 
         def on_step_end(self, a, state, control, **kw):
-            ends.append(time.perf_counter())
+            ends.append((time.perf_counter(), time.process_time()))
 
     trainer = Trainer(model=model, reward_funcs=reward_len, args=config, train_dataset=dataset, processing_class=tok,
                       callbacks=[Clock()])
@@ -114,14 +114,15 @@ def main() -> None:
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
-    iters = []
+    iters, iters_cpu = [], []
     for i in range(args.iterations):
         a, b = i * steps_per_iter, (i + 1) * steps_per_iter - 1
-        iters.append(ends[b] - begins[a])
+        iters.append(ends[b][0] - begins[a][0])
+        iters_cpu.append(ends[b][1] - begins[a][1])
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     out = {
         "algo": args.algo, "framework": f"TRL {trl.__version__} (transformers {transformers.__version__}, torch {torch.__version__})",
-        "iteration_s": iters, "steps_per_iteration": steps_per_iter, "setup_s": setup_s, "train_s": train_s,
+        "iteration_s": iters, "iteration_cpu_s": iters_cpu, "steps_per_iteration": steps_per_iter, "setup_s": setup_s, "train_s": train_s,
         "generated_tokens_per_iteration": args.batch * args.new_tokens,
         "mean_completion_length_after_eos_mask": sum(lengths) / len(lengths) if lengths else None,
         "phases_total_s": {"generation": phase.get("generation", 0.0), "scoring": phase.get("scoring", 0.0),

@@ -82,9 +82,13 @@ def ours_child(args: argparse.Namespace) -> None:
     else:
         agent = GRPOAgent(env, model, GRPOConfig(**common, group_size=args.group))
     setup_s = time.perf_counter() - t0
-    rows = [agent.step() for _ in range(args.iterations)]
+    rows, cpu = [], []
+    for _ in range(args.iterations):
+        c0 = time.process_time()
+        rows.append(agent.step())
+        cpu.append(time.process_time() - c0)
     out = {
-        "algo": args.child, "framework": "tokengym", "iteration_s": [r["iteration_s"] for r in rows],
+        "algo": args.child, "framework": "tokengym", "iteration_s": [r["iteration_s"] for r in rows], "iteration_cpu_s": cpu,
         "generated_tokens_per_iteration": args.batch * args.new_tokens, "setup_s": setup_s,
         "mean_completion_length": median([r["response_length"] for r in rows]),
         "phases_total_s": {"rollout (generation+scoring)": sum(r["rollout_s"] for r in rows),
@@ -128,6 +132,7 @@ def main() -> None:
     js = RESULTS / "peers.json"
     old = json.loads(js.read_text()) if js.is_file() else {}
     results: dict = old.get("pairs", {}) if old.get("settings", {}).get("common") == common else {}
+    results = {k: v for k, v in results.items() if all("iteration_cpu_s" in v[s] for s in ("trl", "ours") if s in v)}
     errors: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         pfile = Path(tmp) / "prompts.json"
@@ -155,6 +160,7 @@ def main() -> None:
                 res = json.loads(out.read_text())
                 res["process_wall_s"] = time.perf_counter() - t0
                 res["median_iteration_s"] = median(res["iteration_s"])
+                res["median_iteration_cpu_s"] = median(res["iteration_cpu_s"])
                 res["tokens_per_s"] = res["generated_tokens_per_iteration"] / res["median_iteration_s"]
                 results[pair][side] = res
                 progress(f"{pair}: {side} {res['median_iteration_s']:.1f} s/iteration")
@@ -167,25 +173,31 @@ def main() -> None:
             r = sides[side]
             name = TRL_NAME[pair] if side == "trl" else OUR_NAME[pair]
             rows.append([name, ", ".join(f"{x:.1f}" for x in r["iteration_s"]), r["median_iteration_s"], r["tokens_per_s"],
+                         r["median_iteration_cpu_s"], r["generated_tokens_per_iteration"] / r["median_iteration_cpu_s"],
                          r["peak_rss_mb"],
                          "; ".join(f"{k} {v / len(r['iteration_s']):.1f}" for k, v in r["phases_total_s"].items())])
         if "trl" in sides and "ours" in sides:
             sides["trl_over_ours"] = sides["trl"]["median_iteration_s"] / sides["ours"]["median_iteration_s"]
+            sides["trl_over_ours_cpu"] = sides["trl"]["median_iteration_cpu_s"] / sides["ours"]["median_iteration_cpu_s"]
     end = machine_info()
     data = {"command": command_line(), "settings": {"common": common, "prompt_tokens": args.prompt_tokens},
             "machine_start": info, "machine_end": end, "pairs": results, "errors": errors}
     md = [f"### tokengym vs TRL (SmolLM2-135M fp32, {args.batch} completions = {args.batch // args.group} prompts x {args.group}, "
           f"{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens, EOS off, reference model on, micro-batch {args.micro})", "",
-          md_table(["run", "s per iteration (each)", "median s/iteration", "generated tokens/s", "peak RSS MB", "phases s/iteration"], rows), ""]
+          md_table(["run", "wall s per iteration (each)", "median wall s/iteration", "generated tokens/s (wall)",
+                    "median CPU s/iteration", "generated tokens/CPU-s", "peak RSS MB", "phases wall s/iteration"], rows), ""]
     for pair, sides in results.items():
         if "trl_over_ours" in sides:
-            md.append(f"* {pair}: TRL / tokengym seconds per iteration = **{sides['trl_over_ours']:.2f}**")
+            md.append(f"* {pair}: TRL / tokengym seconds per iteration = **{sides['trl_over_ours_cpu']:.2f}** by CPU time, "
+                      f"{sides['trl_over_ours']:.2f} by wall time (> 1: tokengym is faster)")
     if errors:
         md += ["", "Errors:", ""] + [f"* {k}: ```{v.strip()[-800:]}```" for k, v in errors.items()]
     md += ["", f"TRL side: {next((s['trl']['framework'] for s in results.values() if 'trl' in s), 'not run')}, from `bench/.venv-trl`. "
            f"Each run is its own process ({args.iterations} iterations; the first includes warm-up); the pairs ran one after the "
            f"other on a machine shared with other jobs (load average {info['load_average'][0]:.1f} at start, "
-           f"{end['load_average'][0]:.1f} at end), torch threads {args.threads}.",
+           f"{end['load_average'][0]:.1f} at end), torch threads {args.threads}: CPU time (= work done with one thread) "
+           "is the steadier measure, wall time moves with the other jobs. Generated tokens = completions x new tokens "
+           "(EOS off on both sides).",
            f"Command: `{data['command']}` ({end['date']})"]
     write_results("peers", data, "\n".join(md))
     print("\n".join(md))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from tokengym.feedback.pipeline import run_rlhf_rounds
 from tokengym.feedback.rm_training import RMConfig, tiny_reward_model
 from tokengym.feedback.store import FeedbackStore
@@ -40,3 +42,22 @@ def test_rounds_report_gold_and_call_the_ppo_step(tmp_path: Path) -> None:
     assert all(r.rm_heldout_accuracy is not None for r in reports[:2])
     saved = json.loads((tmp_path / "work" / "rounds.json").read_text())
     assert [s["gold_mean"] for s in saved] == [r.gold_mean for r in reports]
+
+
+def test_ppo_agent_step_closes_the_loop(tmp_path: Path) -> None:
+    from tokengym.agents import PPOConfig
+    from tokengym.feedback.pipeline import ppo_agent_step
+
+    tok, policy = make_tiny_causal_lm(seed=1)
+    before = [p.detach().clone() for p in policy.parameters()]
+    prompts = ["The film was", "My dinner was"]
+    step = ppo_agent_step(1, env_kwargs={"prompts": prompts, "split": None, "max_new_tokens": 4},
+                          config=PPOConfig(batch_size=4, minibatch_size=4, micro_batch_size=4, ppo_epochs=1))
+    with FeedbackStore(tmp_path / "fb.sqlite") as store:
+        reports = run_rlhf_rounds(
+            store, tok, policy, prompts, length_judge, step, tmp_path / "work", rounds=1, per_prompt=3,
+            pairs_per_round=6, max_new_tokens=4, rm_model=tiny_reward_model, log=None,
+            rm_config=RMConfig(epochs=1, lr=1e-3, batch_size=4, max_length=32, heldout_fraction=0.5),
+        )
+    assert [r.round for r in reports] == [0, 1]
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, policy.parameters()))  # PPO trained it

@@ -75,6 +75,16 @@ def test_browser_scores_ranks_and_compares(server: LabelServer) -> None:
         page.click("#submit")
         expect(page.locator("#status")).to_contain_text("ranks must be 1..3")
 
+        # Drag-and-drop: drop the third answer on the first; the numbers follow the new order.
+        cards = page.locator("#candidates .candidate")
+        cards.nth(2).drag_to(cards.nth(0))
+        expect(cards.nth(0)).to_contain_text("answer 2 to prompt 1")
+        expect(inputs.nth(0)).to_have_value("1")
+        expect(inputs.nth(2)).to_have_value("3")
+        page.click("#submit")
+        expect(page.locator("#progress")).to_have_text("2 / 2 done")
+        expect(page.locator("#prompt")).to_contain_text("Nothing left")
+
         # Compare: click the tab, then the "b" shortcut.
         page.click("#tab-compare")
         expect(page.locator("#progress")).to_have_text("0 / 6 done")
@@ -91,7 +101,7 @@ def test_browser_scores_ranks_and_compares(server: LabelServer) -> None:
     comparisons = conn.execute("SELECT candidate_a, candidate_b, outcome FROM comparisons ORDER BY id").fetchall()
     conn.close()
     assert scores == [(1, 6.0), (2, 2.0), (3, 4.0)]
-    assert rankings == [(1, "[3, 2, 1]")]
+    assert rankings == [(1, "[3, 2, 1]"), (2, "[6, 4, 5]")]
     assert comparisons == [(1, 2, "b"), (1, 3, "tie")]
 
 

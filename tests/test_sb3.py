@@ -121,9 +121,11 @@ def test_kl_wrapper_reports_zero_when_policy_equals_reference(toy_tok, make_toy_
         while not done:
             a = int(rng.integers(4, len(toy_tok)))
             _, r, term, trunc, info = env.step(a)
-            _, r_base, *_ = base.step(a)
+            _, r_base, term_base, trunc_base, _ = base.step(a)
             assert info["kl"] == pytest.approx(0.0, abs=1e-5)
             assert r == pytest.approx(r_base, abs=1e-5)
+            # the length limit ends the episode for real: reported as terminated, so SB3 does not bootstrap
+            assert not trunc and term == (term_base or trunc_base) and info.get("truncated_by_length", False) == trunc_base
             done = term or trunc
         assert info["episode_kl"] == pytest.approx(0.0, abs=1e-4) and "score" in info
 
@@ -232,3 +234,18 @@ def test_prefix_sharing_gives_the_same_logits_and_gradients(toy_tok, make_toy_lm
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_sb3_save_and_load_round_trip(toy_tok, make_toy_lm, tmp_path):
+    lm = make_toy_lm()
+    env = make_env(toy_tok)
+    model = PPO(LMActorCriticPolicy, env, policy_kwargs={"lm": lm}, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu")
+    model.learn(16)
+    model.save(tmp_path / "m.zip")
+    again = PPO.load(tmp_path / "m.zip", env=env, device="cpu")
+    obs = {k: torch.as_tensor(v)[None] for k, v in env.reset(seed=0)[0].items()}
+    with torch.no_grad():
+        a = model.policy.get_distribution(obs).distribution.logits
+        b = again.policy.get_distribution(obs).distribution.logits
+    torch.testing.assert_close(a, b)
+    assert again.policy.lm is not lm  # a loaded model has its own LM

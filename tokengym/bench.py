@@ -11,7 +11,8 @@ tokens column says how many it generated). Each final policy is then evaluated t
 sampled response (temperature 1) to each of ``--eval-prompts`` held-out prompts (the ``test`` split
 when the prompt set has one), scored by the proxy reward and the gold judge, and the KL to the initial
 model is summed over the response tokens (a Monte-Carlo estimate of KL(pi || pi_ref) in nats per
-response, with the k3 estimator: unbiased and never negative; the k1 estimate is kept in the JSON). Wall time and tokens/s cover training only (not loading or evaluation).
+response, with the k3 estimator: unbiased and never negative; the k1 estimate is kept in the JSON).
+Wall time and tokens/s cover training only (not loading or evaluation).
 
 Outputs in ``--out``: ``<name>.json`` (every run, with settings and learning curves; runs of the same
 settings already in the file are kept, so separate invocations combine), ``<name>.md`` (a table of

@@ -28,7 +28,7 @@ class TrainConfig:
     max_new_tokens: int | None = None
     max_prompt_tokens: int | None = None
     chat_template: Any = None
-    iterations: int = 10
+    iterations: int = 12
     eval_episodes: int = 32
     output_dir: str = "runs/default"
     threads: int = 0  # 0 = all cores
@@ -36,8 +36,8 @@ class TrainConfig:
 
 
 DEFAULT_PPO = {
-    "batch_size": 16, "minibatch_size": 8, "micro_batch_size": 8, "ppo_epochs": 2,
-    "lora_r": 16, "lora_alpha": 32, "learning_rate": 2e-4, "kl_coef": 0.02, "kl_target": 4.0,
+    "batch_size": 16, "minibatch_size": 8, "micro_batch_size": 8, "ppo_epochs": 4,
+    "lora_r": 16, "lora_alpha": 32, "learning_rate": 5e-4, "kl_coef": 0.02, "kl_target": 4.0,
     "kl_horizon": 2000, "vf_coef": 0.1, "sample_every": 2, "checkpoint_every": 5,
 }
 
@@ -143,6 +143,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = build_train_config(args)
     set_cpu_threads(cfg.threads or None)
     out = Path(cfg.output_dir)
+    if not args.resume and (out / "metrics.jsonl").exists():
+        if not args.overwrite:
+            raise FileExistsError(
+                f"{out} already holds a run; pass --resume to continue it, --overwrite to start it again, "
+                "or choose another --output-dir"
+            )
+        if dist.rank() == 0:
+            for name in ("metrics.jsonl", "metrics.csv", "samples.jsonl", "report.json"):
+                (out / name).unlink(missing_ok=True)
+        dist.barrier()
     t0 = time.time()
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
     tokenizer, model = load_causal_lm(cfg.model)
@@ -221,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. ppo.learning_rate=1e-4")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again in an OUTPUT_DIR that holds a run")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -250,6 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"tokengym {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -79,7 +79,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output folder (loadable by the 'learned' reward)")
     p.add_argument("--base-model", default=None, help="local HF encoder folder (default all-MiniLM-L6-v2)")
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=3e-4, help="peak LR (default suits MiniLM; ~1e-5 for larger bases)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--margin", type=float, default=0.0, help="Bradley-Terry margin")
