@@ -31,7 +31,7 @@ def reference_logprob_fn(reference: nn.Module, vocab: int, temperature: float = 
     @torch.inference_mode()
     def fn(ids: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> torch.Tensor:
         logits, _ = response_forward(reference, ids, attn, prompt_len, temperature)
-        return token_logprobs(logits, ids[:, prompt_len:], vocab)[0]
+        return token_logprobs(logits, ids[:, prompt_len:], vocab, entropy=None)[0]
 
     return fn
 

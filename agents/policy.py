@@ -64,12 +64,22 @@ def response_forward(
     return logits, hidden
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 log-prob of ``tokens`` (B, T) under ``logits`` (B, T, V), and the entropy (B, T)."""
+def token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, vocab: int, entropy: bool | None = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 log-prob of ``tokens`` (B, T) under ``logits`` (B, T, V), and the entropy (B, T).
+
+    ``entropy=None`` skips the entropy; ``entropy=False`` computes it for logging only, outside the
+    autograd graph: a full-vocabulary entropy roughly doubles the cost of the log-prob step, and its
+    backward is wasted when the entropy bonus is 0.
+    """
     logp_all = torch.log_softmax(logits[..., :vocab], dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    if entropy is None:
+        return logp, None
+    with torch.set_grad_enabled(entropy and torch.is_grad_enabled()):
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, ent
 
 
 class ActorCritic(nn.Module):
@@ -102,11 +112,12 @@ class ActorCritic(nn.Module):
         return self.policy.disable_adapter() if self.uses_lora else nullcontext()
 
     def evaluate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Policy log-probs, entropies and values of the response tokens, each (B, T) fp32."""
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float,
+        with_entropy: bool | None = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Policy log-probs, entropies (see :func:`token_logprobs`) and values of the response tokens, (B, T) fp32."""
         logits, hidden = response_forward(self.policy, input_ids, attention_mask, prompt_len, temperature, True)
-        logp, entropy = token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size)
+        logp, entropy = token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=with_entropy)
         return logp, entropy, self.value_head(hidden)
 
     @torch.inference_mode()
@@ -117,7 +128,7 @@ class ActorCritic(nn.Module):
         model = self.policy if self.uses_lora else self.reference
         with self.reference_context():
             logits, _ = response_forward(model, input_ids, attention_mask, prompt_len, temperature)
-        return token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size)[0]
+        return token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=None)[0]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -269,7 +269,7 @@ class PPOAgent:
         # mode, fp32 log-softmax), not from the sampler's cached steps: ratio == 1 exactly at first.
         old_logp, old_values = [], []
         for s in range(0, len(batch), cfg.micro_batch_size):
-            lp, _, v = self.ac.evaluate(ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P, cfg.temperature)
+            lp, _, v = self.ac.evaluate(ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P, cfg.temperature, with_entropy=None)
             old_logp.append(lp)
             old_values.append(v)
         old_logp = torch.cat(old_logp) * mask
@@ -379,7 +379,8 @@ class PPOAgent:
         P = exp.batch.prompt_ids.shape[1]
         ids, attn, m = exp.batch.input_ids[idx], exp.batch.attention_mask[idx], exp.batch.response_mask[idx]
         logits, hidden = response_forward(self.ac.policy, ids, attn, P, self.config.temperature, want_hidden=True)
-        logp, entropy = token_logprobs(logits, ids[:, P:], self.ac.vocab_size)
+        # The entropy joins the graph only when the loss uses it (ent_coef != 0); else it is just logged.
+        logp, entropy = token_logprobs(logits, ids[:, P:], self.ac.vocab_size, entropy=self.config.ent_coef != 0)
         log_ratio = (logp - exp.old_logprobs[idx]) * m
         return {"logp": logp, "token_entropy": entropy, "values": self.ac.value_head(hidden), "log_ratio": log_ratio,
                 "ratio": torch.exp(log_ratio), "mask": m, "logits": logits}
