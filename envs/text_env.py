@@ -36,7 +36,26 @@ def observation_space(vocab_size: int, length: int) -> spaces.Dict:
     )
 
 
-class TextGenerationEnv(gym.Env):
+class TextTask:
+    """What the single and the batched env share: tokenizer, rewards, prompts and episode storage."""
+
+    def _init_task(
+        self, n: int, model: Any, tokenizer: PreTrainedTokenizerBase | None, reward: Any, gold_reward: Any,
+        prompts: Any, split: str | None, max_new_tokens: int, max_prompt_tokens: int, chat_template: bool | str,
+    ) -> None:
+        self.model_spec = model
+        self.tokenizer = resolve_tokenizer(model, tokenizer)
+        self.reward: RewardFunction = resolve_reward(reward)
+        self.gold_reward: RewardFunction | None = None if gold_reward is None else resolve_reward(gold_reward)
+        self.prompts: PromptSource = load_prompts(prompts, split=split)
+        self.vocab_size = len(self.tokenizer)
+        self._ep = EpisodeBatch(
+            self.tokenizer, self.reward, self.gold_reward, n, max_prompt_tokens, max_new_tokens, chat_template
+        )
+        self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
+
+
+class TextGenerationEnv(TextTask, gym.Env):
     """Text generation as an MDP whose actions are tokens.
 
     * **Action space** ``Discrete(len(tokenizer))``: one action appends one token to the response.
@@ -72,16 +91,7 @@ class TextGenerationEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
-        self.model_spec = model
-        self.tokenizer = resolve_tokenizer(model, tokenizer)
-        self.reward: RewardFunction = resolve_reward(reward)
-        self.gold_reward: RewardFunction | None = None if gold_reward is None else resolve_reward(gold_reward)
-        self.prompts: PromptSource = load_prompts(prompts, split=split)
-        self.vocab_size = len(self.tokenizer)
-        self._ep = EpisodeBatch(
-            self.tokenizer, self.reward, self.gold_reward, 1, max_prompt_tokens, max_new_tokens, chat_template
-        )
-        self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
+        self._init_task(1, model, tokenizer, reward, gold_reward, prompts, split, max_new_tokens, max_prompt_tokens, chat_template)
         self.action_space = spaces.Discrete(self.vocab_size)
         self.observation_space = observation_space(self.vocab_size, max_prompt_tokens + max_new_tokens)
         self._started = False

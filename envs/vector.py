@@ -17,14 +17,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from transformers import PreTrainedTokenizerBase
 
-from tokengym.rewards import RewardFunction, resolve_reward
-
-from .episodes import EpisodeBatch, validate_actions
-from .prompts import PromptSource, load_prompts
-from .text_env import observation_space, resolve_tokenizer
+from .episodes import validate_actions
+from .text_env import TextTask, observation_space
 
 
-class BatchedTextEnv(VectorEnv):
+class BatchedTextEnv(TextTask, VectorEnv):
     """``num_envs`` episodes of :class:`~tokengym.envs.TextGenerationEnv` in lock-step.
 
     Shapes: observations ``input_ids``/``attention_mask`` are ``(N, P+T)`` int64 (same layout as the
@@ -68,15 +65,8 @@ class BatchedTextEnv(VectorEnv):
             raise ValueError("BatchedTextEnv has no render modes; use the info texts or TextGenerationEnv(render_mode='ansi')")
         self.num_envs = num_envs
         self.render_mode = render_mode
-        self.model_spec = model
-        self.tokenizer = resolve_tokenizer(model, tokenizer)
-        self.reward: RewardFunction = resolve_reward(reward)
-        self.gold_reward: RewardFunction | None = None if gold_reward is None else resolve_reward(gold_reward)
-        self.prompts: PromptSource = load_prompts(prompts, split=split)
-        self.vocab_size = len(self.tokenizer)
-        self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
-        self._ep = EpisodeBatch(
-            self.tokenizer, self.reward, self.gold_reward, num_envs, max_prompt_tokens, max_new_tokens, chat_template
+        self._init_task(
+            num_envs, model, tokenizer, reward, gold_reward, prompts, split, max_new_tokens, max_prompt_tokens, chat_template
         )
         self.single_action_space = spaces.Discrete(self.vocab_size)
         self.single_observation_space = observation_space(self.vocab_size, max_prompt_tokens + max_new_tokens)
