@@ -29,7 +29,7 @@ class TrainConfig:
     max_prompt_tokens: int | None = None
     chat_template: Any = None
     iterations: int = 12
-    eval_episodes: int = 32
+    eval_episodes: int = 64
     output_dir: str = "runs/default"
     threads: int = 0  # 0 = all cores
     ppo: dict = field(default_factory=dict)
@@ -37,7 +37,7 @@ class TrainConfig:
 
 DEFAULT_PPO = {
     "batch_size": 16, "minibatch_size": 8, "micro_batch_size": 8, "ppo_epochs": 4,
-    "lora_r": 16, "lora_alpha": 32, "learning_rate": 5e-4, "kl_coef": 0.02, "kl_target": 4.0,
+    "lora_r": 16, "lora_alpha": 32, "learning_rate": 1e-3, "anneal_lr": False, "kl_coef": 0.02, "kl_target": 4.0,
     "kl_horizon": 2000, "vf_coef": 0.1, "sample_every": 2, "checkpoint_every": 5,
 }
 
