@@ -103,6 +103,9 @@ class CachedSampler:
             # fp32 log-softmax over the tokenizer's vocabulary (padded embedding rows are not actions).
             logits = out.logits[:, -1, :vocab].float() / self.temperature
             logp = torch.log_softmax(logits, dim=-1)
+            if torch.isnan(logits).any() or torch.isposinf(logits).any():
+                # Name the culprit instead of torch.multinomial's "probability tensor contains inf/nan".
+                raise FloatingPointError(f"the policy produced non-finite logits at rollout step {t}: its weights went bad")
             if self.greedy:
                 action = logp.argmax(-1)
             else:

@@ -125,3 +125,21 @@ def test_a_streak_of_nonfinite_updates_raises_naming_the_quantity(toy_tok, injec
     skipped = [str(w.message) for w in record if "skipped a minibatch" in str(w.message)]
     assert len(skipped) == 3 and all(f"bad {quantity}" in s for s in skipped), skipped  # the 3rd warns, then raises
     assert agent.nonfinite_total == 3
+
+
+def test_nan_policy_weights_fail_the_rollout_with_a_named_error(toy_tok):
+    """A policy whose weights went NaN is named as such by the sampler (not torch.multinomial's message)."""
+    import torch
+
+    from tokengym.agents import CachedSampler
+    from tokengym.envs import BatchedTextEnv
+    from tokengym.models import make_tiny_causal_lm
+    from tokengym.testing import TOY_PROMPTS
+
+    _, model = make_tiny_causal_lm(toy_tok, hidden=16, n_layers=1, n_heads=2)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.fill_(float("nan"))
+    env = BatchedTextEnv(2, tokenizer=toy_tok, reward=lambda p, r: 0.0, prompts=TOY_PROMPTS, split=None,
+                         max_new_tokens=3, max_prompt_tokens=4)
+    with pytest.raises(FloatingPointError, match="non-finite logits at rollout step 0"):
+        CachedSampler(model).rollout(env, seed=0)
