@@ -276,7 +276,8 @@ def plot_curves(data: dict[str, Any], path: Path) -> None:
     budget = data["settings"]["budget"]
     grid = np.linspace(0, budget, 41)[1:]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    titles = {"score": "proxy score (training rollouts)", "gold_score": "gold score (training rollouts)", "kl": "KL to ref (nats/response)"}
+    titles = {"score": "proxy score (training rollouts)", "gold_score": "gold score (training rollouts)",
+              "kl": "KL to ref, nats/response (training rollouts, k1)"}
     for ax, key in zip(axes, CURVE_KEYS):
         for algo in sorted({r["algo"] for r in data["runs"]}, key=lambda a: ALGOS.index(a) if a in ALGOS else 99):
             ys = []
