@@ -113,7 +113,7 @@ class CachedSampler:
             active = torch.as_tensor(env.active, device=device)
             action = torch.where(active, action, torch.full_like(action, env.pad_token_id))
             logprobs[:, t] = torch.where(active.cpu(), logp.gather(1, action[:, None]).squeeze(1).cpu(), 0.0)
-            _, reward, terminated, truncated, info = env.step(action.cpu().numpy())
+            final, reward, terminated, truncated, info = env.step(action.cpu().numpy())
             ended = terminated | truncated
             if ended.any():
                 rows = torch.as_tensor(np.flatnonzero(ended))
@@ -130,7 +130,6 @@ class CachedSampler:
                 cache=out.cache, use_cache=True,
             )
             next_pos = next_pos + 1
-        final = env._obs()
         response_ids = torch.as_tensor(final["input_ids"][:, P:])
         response_mask = torch.as_tensor(final["attention_mask"][:, P:], dtype=torch.float32)
         items = env.prompt_items()

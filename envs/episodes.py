@@ -62,6 +62,7 @@ class EpisodeBatch:
         self.lengths = np.zeros(n, dtype=np.int64)
         self.done = np.ones(n, dtype=bool)
         self.items: list[dict[str, Any] | None] = [None] * n
+        self.final_texts: list[str | None] = [None] * n  # decoded once, when the episode is scored
         self._prompt_cache: dict[str, np.ndarray] = {}
 
     # -- prompts -----------------------------------------------------------------------------
@@ -95,6 +96,7 @@ class EpisodeBatch:
         self.lengths[row] = 0
         self.done[row] = False
         self.items[row] = item
+        self.final_texts[row] = None
 
     # -- stepping ----------------------------------------------------------------------------
     def append(self, actions: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +117,8 @@ class EpisodeBatch:
         return self.ids[row, self.P : self.P + self.lengths[row]]
 
     def response_text(self, row: int) -> str:
+        if self.final_texts[row] is not None:
+            return self.final_texts[row]
         ids = self.response_ids(row)
         if len(ids) and ids[-1] == self.eos_id:
             ids = ids[:-1]  # the stop token is an action, not part of the scored text (checklist 8)
@@ -130,6 +134,8 @@ class EpisodeBatch:
         items = [self.items[r] for r in rows]
         prompts = [it["prompt"] for it in items]
         responses = [self.response_text(r) for r in rows]
+        for r, text in zip(rows, responses):
+            self.final_texts[r] = text
         refs = [it.get("references") for it in items]
         meta = [
             {

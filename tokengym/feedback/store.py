@@ -303,18 +303,20 @@ class FeedbackStore:
 
     # --------------------------------------------------------------------------- validation
     @staticmethod
-    def _require_prompt(cur: sqlite3.Cursor, prompt_id: Any) -> None:
-        if not isinstance(prompt_id, int) or isinstance(prompt_id, bool) or cur.execute(
-            "SELECT 1 FROM prompts WHERE id = ?", (prompt_id,)
+    def _require_row(cur: sqlite3.Cursor, table: str, row_id: Any, error: type[FeedbackError], what: str) -> None:
+        # bool is an int subclass; True must not pass for id 1.
+        if not isinstance(row_id, int) or isinstance(row_id, bool) or cur.execute(
+            f"SELECT 1 FROM {table} WHERE id = ?", (row_id,)
         ).fetchone() is None:
-            raise UnknownPromptError(f"unknown prompt id {prompt_id!r}")
+            raise error(f"unknown {what} id {row_id!r}")
 
-    @staticmethod
-    def _require_annotator(cur: sqlite3.Cursor, annotator_id: Any) -> None:
-        if not isinstance(annotator_id, int) or isinstance(annotator_id, bool) or cur.execute(
-            "SELECT 1 FROM annotators WHERE id = ?", (annotator_id,)
-        ).fetchone() is None:
-            raise UnknownAnnotatorError(f"unknown annotator id {annotator_id!r}")
+    @classmethod
+    def _require_prompt(cls, cur: sqlite3.Cursor, prompt_id: Any) -> None:
+        cls._require_row(cur, "prompts", prompt_id, UnknownPromptError, "prompt")
+
+    @classmethod
+    def _require_annotator(cls, cur: sqlite3.Cursor, annotator_id: Any) -> None:
+        cls._require_row(cur, "annotators", annotator_id, UnknownAnnotatorError, "annotator")
 
     @staticmethod
     def _prompt_of(cur: sqlite3.Cursor, candidate_id: Any) -> int:
