@@ -94,11 +94,11 @@ def concat_batches(a: RolloutBatch, b: RolloutBatch) -> RolloutBatch:
     out = {}
     for f in fields(RolloutBatch):
         x, y = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(x, torch.Tensor):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
             out[f.name] = torch.cat([x, y])
         elif isinstance(x, list):
             out[f.name] = x + y
-        else:  # gold_scores None on either side
+        else:  # gold_scores / values None on either side
             out[f.name] = None
     return RolloutBatch(**out)
 

@@ -35,6 +35,7 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (...)."""
         return self.linear(hidden_states.float()).squeeze(-1)
 
 
@@ -59,7 +60,9 @@ def response_forward(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
         logits_to_keep=keep, output_hidden_states=want_hidden, use_cache=False,
     )
-    logits = out.logits.float() / temperature
+    logits = out.logits.float()
+    if temperature != 1.0:  # skip a pass over (B, T, V) floats, and its backward, in the common case
+        logits = logits / temperature
     hidden = out.hidden_states[-1][:, prompt_len - 1 : prompt_len + T - 1] if want_hidden else None
     return logits, hidden
 

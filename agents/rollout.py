@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from gymnasium.vector import AutoresetMode
 from transformers import PreTrainedModel
 
@@ -34,6 +35,7 @@ class RolloutBatch:
     scores: torch.Tensor  # (B,) float32 terminal reward from the env
     stopped: torch.Tensor  # (B,) bool: ended by EOS
     gold_scores: torch.Tensor | None = None  # (B,) float32 evaluation-only judge
+    values: torch.Tensor | None = None  # (B, T) float32 V(s_t) from the sampler's value head, 0 on padding
     prompt_texts: list[str] = field(default_factory=list)
     response_texts: list[str] = field(default_factory=list)
     prompt_ids_str: list[Any] = field(default_factory=list)
@@ -67,12 +69,19 @@ class CachedSampler:
     Sampling uses the raw policy distribution divided by ``temperature`` (no top-k/top-p: the PPO
     log-probs must describe the distribution actually sampled, checklist 5-6). ``greedy=True`` takes
     the argmax (evaluation, or comparing with ``generate``).
+
+    With a ``value_head`` (``(B, H) -> (B,)`` on the last hidden state) the sampler also records
+    V(s_t) at every step. Together with ``sample_logprobs`` (fp32 log-softmax, eval mode, the same
+    temperature: the training forward run incrementally, checklist 7) that is everything PPO's
+    "old" forward would compute, so the agent can skip that forward (issue 7), as SB3 does.
     """
 
-    def __init__(self, model: PreTrainedModel, temperature: float = 1.0, greedy: bool = False) -> None:
+    def __init__(
+        self, model: PreTrainedModel, temperature: float = 1.0, greedy: bool = False, value_head: nn.Module | None = None
+    ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.model, self.temperature, self.greedy = model, temperature, greedy
+        self.model, self.temperature, self.greedy, self.value_head = model, temperature, greedy, value_head
 
     @torch.inference_mode()
     def rollout(
@@ -91,9 +100,14 @@ class CachedSampler:
         ids = torch.as_tensor(obs["input_ids"][:, :P], device=device)
         mask = torch.as_tensor(obs["attention_mask"][:, :P], device=device)
         pos = position_ids_from_mask(mask)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        want_values = self.value_head is not None
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+            output_hidden_states=want_values,
+        )
         vocab = env.vocab_size
         logprobs = torch.zeros(B, T, dtype=torch.float32)
+        values = torch.zeros(B, T, dtype=torch.float32) if want_values else None
         scores = torch.zeros(B, dtype=torch.float32)
         gold = torch.zeros(B, dtype=torch.float32)
         stopped = torch.zeros(B, dtype=torch.bool)
@@ -101,7 +115,9 @@ class CachedSampler:
         next_pos = pos[:, -1:] + 1
         for t in range(T):
             # fp32 log-softmax over the tokenizer's vocabulary (padded embedding rows are not actions).
-            logits = out.logits[:, -1, :vocab].float() / self.temperature
+            logits = out.logits[:, -1, :vocab].float()
+            if self.temperature != 1.0:
+                logits = logits / self.temperature
             logp = torch.log_softmax(logits, dim=-1)
             if torch.isnan(logits).any() or torch.isposinf(logits).any():
                 # Name the culprit instead of torch.multinomial's "probability tensor contains inf/nan".
@@ -113,6 +129,9 @@ class CachedSampler:
             active = torch.as_tensor(env.active, device=device)
             action = torch.where(active, action, torch.full_like(action, env.pad_token_id))
             logprobs[:, t] = torch.where(active.cpu(), logp.gather(1, action[:, None]).squeeze(1).cpu(), 0.0)
+            if want_values:  # the state s_t is the prefix that predicts a_t: the last fed position
+                v = self.value_head(out.hidden_states[-1][:, -1]).float()
+                values[:, t] = torch.where(active.cpu(), v.cpu(), 0.0)
             final, reward, terminated, truncated, info = env.step(action.cpu().numpy())
             ended = terminated | truncated
             if ended.any():
@@ -127,7 +146,7 @@ class CachedSampler:
             mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
             out = self.model(
                 input_ids=action[:, None], attention_mask=mask, position_ids=next_pos,
-                cache=out.cache, use_cache=True,
+                cache=out.cache, use_cache=True, output_hidden_states=want_values,
             )
             next_pos = next_pos + 1
         response_ids = torch.as_tensor(final["input_ids"][:, P:])
@@ -136,7 +155,7 @@ class CachedSampler:
         return RolloutBatch(
             prompt_ids=ids.cpu(), prompt_mask=torch.as_tensor(obs["attention_mask"][:, :P]),
             response_ids=response_ids, response_mask=response_mask, sample_logprobs=logprobs,
-            scores=scores, stopped=stopped, gold_scores=gold if has_gold else None,
+            scores=scores, stopped=stopped, gold_scores=gold if has_gold else None, values=values,
             prompt_texts=[it["prompt"] for it in items], response_texts=env.response_texts(),
             prompt_ids_str=[it["id"] for it in items],
         )

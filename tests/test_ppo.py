@@ -151,7 +151,7 @@ def test_adaptive_beta_follows_the_batch_kl_in_the_agent(toy_tok, make_toy_lm):
     env = toy_env(toy_tok)
     agent = PPOAgent(env, make_toy_lm(), small_config(adaptive_kl=True, kl_coef=0.1, kl_target=6.0, kl_horizon=80, ppo_epochs=1))
     metrics = agent.step()
-    assert metrics["kl"] == 0.0  # policy == reference at the first rollout
+    assert abs(metrics["kl"]) < 1e-5  # policy == reference at the first rollout (cached vs full forward: float noise)
     assert metrics["beta"] == pytest.approx(0.1 * (1 - 0.2 * 8 / 80))  # KL below target -> lower beta
     fixed = PPOAgent(toy_env(toy_tok), make_toy_lm(), small_config(adaptive_kl=False, kl_coef=0.1, ppo_epochs=1))
     for _ in range(2):
@@ -163,8 +163,10 @@ def test_adaptive_beta_follows_the_batch_kl_in_the_agent(toy_tok, make_toy_lm):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("temperature, estimator", [(1.0, "k1"), (0.7, "k3")])
 def test_policy_equal_reference_gives_zero_kl_and_first_ratio_one(toy_tok, make_toy_lm, temperature, estimator):
+    """With ``recompute_old_logprobs`` the old log-probs come from the very forward the reference uses:
+    bit-equal, KL exactly 0, first ratio exactly 1."""
     env = toy_env(toy_tok)
-    agent = PPOAgent(env, make_toy_lm(), small_config(temperature=temperature, kl_estimator=estimator))
+    agent = PPOAgent(env, make_toy_lm(), small_config(temperature=temperature, kl_estimator=estimator, recompute_old_logprobs=True))
     batch = agent.sampler.rollout(env, seed=0)
     exp = agent._make_experience(batch)
     assert torch.equal(exp.old_logprobs, exp.ref_logprobs)
@@ -175,6 +177,35 @@ def test_policy_equal_reference_gives_zero_kl_and_first_ratio_one(toy_tok, make_
     assert metrics["kl"] == 0.0
     assert metrics["first_ratio"] == 1.0
     assert metrics["kl_estimator_k3"] == float(estimator == "k3")
+
+
+@pytest.mark.parametrize("temperature, estimator", [(1.0, "k1"), (0.7, "k3")])
+def test_old_logprobs_and_values_come_from_the_rollout_without_another_forward(toy_tok, make_toy_lm, temperature, estimator):
+    """Default (issue 7): the sampler's cached steps give the old log-probs and values; no policy forward
+    runs in ``_make_experience``, and they equal what that forward would give (checklist 7)."""
+    env = toy_env(toy_tok)
+    agent = PPOAgent(env, make_toy_lm(), small_config(temperature=temperature, kl_estimator=estimator))
+    torch.nn.init.normal_(agent.ac.value_head.linear.weight, std=0.5)  # non-zero values to compare
+    batch = agent.sampler.rollout(env, seed=0)
+    assert batch.values is not None and (batch.values[batch.response_mask == 0] == 0).all()
+    calls = []
+    evaluate = agent.ac.evaluate
+    agent.ac.evaluate = lambda *a, **k: calls.append(1) or evaluate(*a, **k)
+    exp = agent._make_experience(batch)
+    assert calls == []  # the separate "old" forward is gone
+    with torch.inference_mode():
+        lp, _, v = evaluate(batch.input_ids, batch.attention_mask, env.max_prompt_tokens, temperature, with_entropy=None)
+    m = batch.response_mask
+    assert m.sum() > 0 and (v * m).abs().max() > 0.05
+    torch.testing.assert_close(exp.old_logprobs, lp * m, atol=1e-5, rtol=0)
+    torch.testing.assert_close(exp.old_values, v * m, atol=1e-5, rtol=0)
+    assert exp.kl.abs().max() < 1e-5  # policy == reference
+    agent.config.recompute_old_logprobs = True
+    agent._make_experience(batch)
+    assert len(calls) == len(batch) // agent.config.micro_batch_size  # the option brings the forward back
+    agent.config.recompute_old_logprobs = False
+    metrics = agent.step()
+    assert metrics["first_ratio"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_sampled_k1_kl_is_about_zero_when_policy_equals_reference(toy_tok, make_toy_lm):
@@ -397,7 +428,7 @@ def test_lora_iteration_keeps_the_reference_fixed(toy_tok, make_toy_lm, tmp_path
     torch.testing.assert_close(pol_before, ref_before, rtol=0, atol=0)  # B = 0 at init: policy == reference
 
     metrics = agent.step()
-    assert metrics["first_ratio"] == 1.0 and metrics["kl"] == 0.0
+    assert metrics["first_ratio"] == pytest.approx(1.0, abs=1e-6) and abs(metrics["kl"]) < 1e-6
     agent.step()
     ref_after = agent.ac.reference_logprobs(*args)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tokengym.agents import CachedSampler
-from tokengym.agents.policy import response_forward, token_logprobs
+from tokengym.agents.policy import ValueHead, response_forward, token_logprobs
 from tokengym.agents.rollout import position_ids_from_mask
 from tokengym.envs import BatchedTextEnv
 from tokengym.rewards import batched
@@ -103,19 +103,29 @@ def test_greedy_rollout_equals_generate_with_eos_and_padding(eos_model, toy_tok)
         assert b.response_texts[i] == toy_tok.decode(b.response_ids[i, :L], skip_special_tokens=True)
 
 
-def test_cached_logprobs_equal_a_full_forward(eos_model, toy_tok):
-    """The sampler's per-step (KV-cached) log-probs equal the training forward's (checklist 6, 7)."""
+def test_cached_logprobs_and_values_equal_a_full_forward(eos_model, toy_tok):
+    """The sampler's per-step (KV-cached) log-probs and values equal the training forward's (checklist
+    6, 7): left-padded prompts, rows that stop at EOS and rows that run to the end."""
     _, model = eos_model
     env = make_env(toy_tok, TOY_PROMPTS_UNEQUAL)
-    for temperature in (1.0, 0.7):
-        b = CachedSampler(model, temperature=temperature).rollout(
+    head = ValueHead(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd)
+    torch.nn.init.normal_(head.linear.weight, generator=torch.Generator().manual_seed(0))
+    stopped = False
+    for temperature, greedy in ((1.0, True), (1.0, False), (0.7, False)):
+        b = CachedSampler(model, temperature=temperature, greedy=greedy, value_head=head).rollout(
             env, seed=1, options={"prompt_indices": list(range(len(TOY_PROMPTS_UNEQUAL)))}
         )
         with torch.no_grad():
-            logits, _ = response_forward(model, b.input_ids, b.attention_mask, env.max_prompt_tokens, temperature)
+            logits, hidden = response_forward(model, b.input_ids, b.attention_mask, env.max_prompt_tokens, temperature, True)
             logp, _ = token_logprobs(logits, b.response_ids, env.vocab_size)
+            values = head(hidden)
         torch.testing.assert_close(b.sample_logprobs, logp * b.response_mask, atol=1e-5, rtol=0)
         assert (b.sample_logprobs[b.response_mask == 0] == 0).all()
+        assert (values * b.response_mask).abs().max() > 0.1
+        torch.testing.assert_close(b.values, values * b.response_mask, atol=1e-5, rtol=0)
+        stopped |= bool(b.stopped.any() and not b.stopped.all())
+    assert stopped  # some rows ended at EOS while others went on (greedy on the edited LM head)
+    assert CachedSampler(model).rollout(env, seed=1).values is None  # no head, no values
 
 
 def test_greedy_rollout_equals_generate_smollm2_tokenizer(smol_tiny_llama):
