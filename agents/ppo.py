@@ -390,8 +390,14 @@ class PPOAgent:
         P = exp.batch.prompt_ids.shape[1]
         ids, attn, m = exp.batch.input_ids[idx], exp.batch.attention_mask[idx], exp.batch.response_mask[idx]
         logits, hidden = response_forward(self.ac.policy, ids, attn, P, self.config.temperature, want_hidden=True)
-        # The entropy joins the graph only when the loss uses it (ent_coef != 0); else it is just logged.
-        logp, entropy = token_logprobs(logits, ids[:, P:], self.ac.vocab_size, entropy=self.config.ent_coef != 0)
+        # The entropy joins the graph only when the loss uses it (ent_coef != 0). Else it is only logged,
+        # and the sampler's (the rollout policy's) is logged: computing it here costs a full-vocabulary
+        # pass per micro-batch and epoch (~4 % of a SmolLM2 update) for a number nothing optimises.
+        rollout_entropy = exp.batch.entropy
+        want = True if self.config.ent_coef != 0 else (None if rollout_entropy is not None else False)
+        logp, entropy = token_logprobs(logits, ids[:, P:], self.ac.vocab_size, entropy=want)
+        if entropy is None:
+            entropy = rollout_entropy[idx]
         log_ratio = (logp - exp.old_logprobs[idx]) * m
         return {"logp": logp, "token_entropy": entropy, "values": self.ac.value_head(hidden), "log_ratio": log_ratio,
                 "ratio": torch.exp(log_ratio), "mask": m, "logits": logits}

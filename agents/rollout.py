@@ -36,6 +36,7 @@ class RolloutBatch:
     stopped: torch.Tensor  # (B,) bool: ended by EOS
     gold_scores: torch.Tensor | None = None  # (B,) float32 evaluation-only judge
     values: torch.Tensor | None = None  # (B, T) float32 V(s_t) from the sampler's value head, 0 on padding
+    entropy: torch.Tensor | None = None  # (B, T) float32 entropy of the sampling distribution, 0 on padding
     prompt_texts: list[str] = field(default_factory=list)
     response_texts: list[str] = field(default_factory=list)
     prompt_ids_str: list[Any] = field(default_factory=list)
@@ -108,6 +109,7 @@ class CachedSampler:
         vocab = env.vocab_size
         logprobs = torch.zeros(B, T, dtype=torch.float32)
         values = torch.zeros(B, T, dtype=torch.float32) if want_values else None
+        entropy = torch.zeros(B, T, dtype=torch.float32)
         scores = torch.zeros(B, dtype=torch.float32)
         gold = torch.zeros(B, dtype=torch.float32)
         stopped = torch.zeros(B, dtype=torch.bool)
@@ -129,6 +131,9 @@ class CachedSampler:
             active = torch.as_tensor(env.active, device=device)
             action = torch.where(active, action, torch.full_like(action, env.pad_token_id))
             logprobs[:, t] = torch.where(active.cpu(), logp.gather(1, action[:, None]).squeeze(1).cpu(), 0.0)
+            # Logged as the policy's entropy: (B, V) here is ~1 % of the step, while the same in the
+            # training forward costs a (b, T, V) pass and its memory traffic in every epoch.
+            entropy[:, t] = torch.where(active.cpu(), -(logp.exp() * logp).sum(-1).cpu(), 0.0)
             if want_values:  # the state s_t is the prefix that predicts a_t: the last fed position
                 v = self.value_head(out.hidden_states[-1][:, -1]).float()
                 values[:, t] = torch.where(active.cpu(), v.cpu(), 0.0)
@@ -155,7 +160,7 @@ class CachedSampler:
         return RolloutBatch(
             prompt_ids=ids.cpu(), prompt_mask=torch.as_tensor(obs["attention_mask"][:, :P]),
             response_ids=response_ids, response_mask=response_mask, sample_logprobs=logprobs,
-            scores=scores, stopped=stopped, gold_scores=gold if has_gold else None, values=values,
+            scores=scores, stopped=stopped, gold_scores=gold if has_gold else None, values=values, entropy=entropy,
             prompt_texts=[it["prompt"] for it in items], response_texts=env.response_texts(),
             prompt_ids_str=[it["id"] for it in items],
         )

@@ -12,7 +12,7 @@ Pairs (each side in its own process; the pairs run interleaved, TRL first then o
 * ``rloo``: TRL ``RLOOTrainer`` vs our ``RLOOAgent``: one optimiser step per generation (16 completions);
 * ``grpo``: TRL ``GRPOTrainer`` vs our ``GRPOAgent``: the same;
 * ``ppo``: TRL 1.16 has no PPO trainer, so our ``PPOAgent`` (4 epochs x 2 minibatches of 8, value head,
-  old log-probs from an extra forward) is compared with ``GRPOTrainer`` given the same shape
+  old log-probs and values from the rollout) is compared with ``GRPOTrainer`` given the same shape
   (``num_iterations=4``, ``steps_per_generation=2``: 8 optimiser steps per generation, old log-probs
   from an extra forward).
 
@@ -194,10 +194,10 @@ def main() -> None:
         md += ["", "Errors:", ""] + [f"* {k}: ```{v.strip()[-800:]}```" for k, v in errors.items()]
     md += ["", f"TRL side: {next((s['trl']['framework'] for s in results.values() if 'trl' in s), 'not run')}, from `bench/.venv-trl`. "
            f"Each run is its own process ({args.iterations} iterations; the first includes warm-up); the pairs ran one after the "
-           f"other on a machine shared with other jobs (load average {info['load_average'][0]:.1f} at start, "
+           f"other on 2 cores (load average {info['load_average'][0]:.1f} at start, "
            f"{end['load_average'][0]:.1f} at end), torch threads {args.threads}: CPU time (= work done with one thread) "
-           "is the steadier measure, wall time moves with the other jobs. Generated tokens = completions x new tokens "
-           "(EOS off on both sides).",
+           "is the steadier measure, wall time moves with any other job on the machine. TRL's optimiser is its default "
+           "`adamw_torch_fused`, ours fused Adam. Generated tokens = completions x new tokens (EOS off on both sides).",
            f"Command: `{data['command']}` ({end['date']})"]
     write_results("peers", data, "\n".join(md))
     print("\n".join(md))

@@ -57,7 +57,8 @@ PHASE_NAMES = {
 # ----------------------------------------------------------------------------------------------
 # FLOP model
 # ----------------------------------------------------------------------------------------------
-def flop_model(model, B: int, P: int, T: int, epochs: int, lora: bool, rm_tokens: int, rm_body: int) -> dict[str, float]:
+def flop_model(model, B: int, P: int, T: int, epochs: int, lora: bool, rm_tokens: int, rm_body: int,
+               recompute_old: bool = False) -> dict[str, float]:
     cfg = model.config
     d, L = cfg.hidden_size, cfg.num_hidden_layers
     n_total = sum(p.numel() for p in model.get_base_model().parameters()) if hasattr(model, "get_base_model") \
@@ -77,7 +78,8 @@ def flop_model(model, B: int, P: int, T: int, epochs: int, lora: bool, rm_tokens
     return {
         "generation": gen,
         "scoring": 2 * rm_body * rm_tokens,
-        "old_logprobs_values": one_fwd,
+        # The old log-probs and values come out of the generation's own forwards unless recomputed.
+        "old_logprobs_values": one_fwd if recompute_old else 0.0,
         "reference_logprobs": one_fwd,
         "update": epochs * one_fwd * (2 if lora else 3),
         "other": 0.0,
@@ -105,7 +107,8 @@ def child(args: argparse.Namespace) -> None:
     disable_eos(env)
     long_idx = np.asarray(long_prompt_indices(env, 4 * B, P))
     cfg = PPOConfig(batch_size=B, minibatch_size=args.minibatch, micro_batch_size=args.minibatch, ppo_epochs=args.epochs,
-                    lora_r=16 if lora else 0, sample_every=0, adaptive_kl=False)
+                    lora_r=16 if lora else 0, sample_every=0, adaptive_kl=False,
+                    recompute_old_logprobs=bool(args.recompute_old))
     agent = PPOAgent(env, model, cfg)
     agent.total_iterations = 1000  # keep the learning rate away from 0 (annealing)
     agent.prompt_sampler = lambda n, progress, rng: rng.choice(long_idx, size=n, replace=False)
@@ -132,7 +135,7 @@ def child(args: argparse.Namespace) -> None:
         out = {}
         for kind, tt in (("wall", timer.totals), ("cpu", timer.cpu)):
             ph = {"generation": tt["rollout"] - tt.get("scoring", 0.0), "scoring": tt.get("scoring", 0.0),
-                  "old_logprobs_values": tt["old_logprobs_values"], "reference_logprobs": tt["reference_logprobs"],
+                  "old_logprobs_values": tt.get("old_logprobs_values", 0.0), "reference_logprobs": tt["reference_logprobs"],
                   "update": tt["update"]}
             ph["other"] = tt["total"] - sum(ph.values())
             ph["total"] = tt["total"]
@@ -153,7 +156,16 @@ def child(args: argparse.Namespace) -> None:
         pmask = torch.ones_like(prompt)
         torch.manual_seed(seed)
         with ft.section("generation"), torch.no_grad():
-            ids = policy.generate(input_ids=prompt, attention_mask=pmask, generation_config=gen_cfg)
+            if args.recompute_old:
+                ids = policy.generate(input_ids=prompt, attention_mask=pmask, generation_config=gen_cfg)
+            else:  # old log-probs and values from generate's own steps, as the agent's sampler does
+                g = policy.generate(input_ids=prompt, attention_mask=pmask, generation_config=gen_cfg, output_logits=True,
+                                    output_hidden_states=True, return_dict_in_generate=True)
+                ids = g.sequences
+                logits = torch.stack(g.logits, 1).float()
+                torch.log_softmax(logits, -1).gather(-1, ids[:, P:, None])
+                value_head(torch.stack([h[-1][:, -1] for h in g.hidden_states], 1))
+                del g, logits
         texts = tok.batch_decode(ids[:, P:], skip_special_tokens=True)
         prompts = tok.batch_decode(prompt, skip_special_tokens=True)
         with ft.section("scoring"), torch.inference_mode():
@@ -169,8 +181,10 @@ def child(args: argparse.Namespace) -> None:
             return logp, value_head(out.hidden_states[-1][:, P - 1 : P + T - 1])
 
         all_rows = torch.arange(B)
-        with ft.section("old_logprobs_values"), torch.inference_mode():
-            forward(policy, all_rows)
+        ft.totals["old_logprobs_values"] = ft.cpu["old_logprobs_values"] = 0.0
+        if args.recompute_old:
+            with ft.section("old_logprobs_values"), torch.inference_mode():
+                forward(policy, all_rows)
         with ft.section("reference_logprobs"), torch.inference_mode(), agent.ac.reference_context():
             forward(agent.ac.reference if agent.ac.reference is not None else policy, all_rows)
         with ft.section("update"):
@@ -206,7 +220,7 @@ def child(args: argparse.Namespace) -> None:
         bw = max(bw, memory_bandwidth_gbs(repeats=3))
 
     rm_body = sum(p.numel() for p in learned.model.parameters()) - learned.model.get_input_embeddings().weight.numel()
-    flops = flop_model(policy, B, P, T, args.epochs, lora, rm_tokens[0], rm_body)
+    flops = flop_model(policy, B, P, T, args.epochs, lora, rm_tokens[0], rm_body, bool(args.recompute_old))
     out = {
         "config": args.child, "rounds": rounds, "matmul_peak_gflops": peak, "memory_bandwidth_gbs": bw, "flops": flops,
         "peak_rss_mb_ours": rss_after_ours, "peak_rss_mb_process": peak_rss_mb(),
@@ -279,8 +293,10 @@ def markdown(results: dict, settings: dict, command: str, peak: float, bw: float
               f"best fp32 matmul peak measured in the run ({peak:.1f} GFLOP/s, 2048x2048, one thread); roofline floor = the same, except each decode step costs at least one read of the weights "
               f"at the best measured read bandwidth ({bw:.1f} GB/s). CPU time = the process's CPU seconds (one torch thread, so CPU time = work done, "
               "and other jobs on the machine inflate it much less than wall time). "
-              f"Machine shared with other jobs (load average {results[next(iter(results))]['machine']['load_average'][0]:.1f}); "
-              "ours and the direct floor alternate in one process, so their ratio is the robust number.",
+              f"Load average at the start: {results[next(iter(results))]['machine']['load_average'][0]:.1f} (2 cores); "
+              "ours and the direct floor alternate in one process, so their ratio is the robust number. Old log-probs and values "
+              "come out of the generation's own forwards (ours: the sampler's cached steps; direct floor: `generate`'s per-step "
+              "logits and hidden states), so neither runs a separate old forward (`--recompute-old 1` measures that variant).",
               f"Command: `{command}` ({max(r['machine']['date'] for r in results.values())})"]
     return "\n".join(lines)
 
@@ -295,6 +311,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--minibatch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--recompute-old", type=int, default=0, help="1: PPOConfig.recompute_old_logprobs (a separate old forward)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--rm", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -302,7 +319,8 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    settings = {k: getattr(args, k) for k in ("batch", "new_tokens", "prompt_tokens", "epochs", "minibatch", "repeats", "threads")}
+    settings = {k: getattr(args, k) for k in ("batch", "new_tokens", "prompt_tokens", "epochs", "minibatch", "repeats", "threads",
+                                              "recompute_old")}
     js = RESULTS / "ppo_iteration.json"
     old = json.loads(js.read_text()) if js.is_file() else {}
     results = {k: v for k, v in old.get("configs", {}).items()  # configs of an earlier run with the same settings

@@ -208,6 +208,26 @@ def test_old_logprobs_and_values_come_from_the_rollout_without_another_forward(t
     assert metrics["first_ratio"] == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("ent_coef", [0.0, 0.01])
+def test_update_computes_the_entropy_only_when_the_loss_uses_it(toy_tok, make_toy_lm, monkeypatch, ent_coef):
+    """ent_coef = 0: the logged entropy is the sampler's (no full-vocabulary pass per micro-batch);
+    ent_coef != 0: the training forward computes it inside the graph."""
+    import tokengym.agents.ppo as ppo_mod
+
+    env = toy_env(toy_tok)
+    agent = PPOAgent(env, make_toy_lm(), small_config(ent_coef=ent_coef, ppo_epochs=1, minibatch_size=8, micro_batch_size=8))
+    seen = []
+    real = ppo_mod.token_logprobs
+    monkeypatch.setattr(ppo_mod, "token_logprobs", lambda *a, **k: seen.append(k.get("entropy")) or real(*a, **k))
+    batch = agent.sampler.rollout(env, seed=0)
+    exp = agent._make_experience(batch)
+    stats = agent._update(exp)
+    assert seen == [None if ent_coef == 0 else True]
+    m = batch.response_mask
+    expected = (batch.entropy * m).sum() / m.sum()  # one minibatch: the token mean of the rollout's entropy
+    assert stats["entropy"] == pytest.approx(expected.item(), rel=1e-4 if ent_coef == 0 else 1e-3)
+
+
 def test_sampled_k1_kl_is_about_zero_when_policy_equals_reference(toy_tok, make_toy_lm):
     """Checklist 5: the sampler's log-probs describe the distribution it samples from."""
     env = toy_env(toy_tok, n=64, T=8)

@@ -117,12 +117,13 @@ def test_cached_logprobs_and_values_equal_a_full_forward(eos_model, toy_tok):
         )
         with torch.no_grad():
             logits, hidden = response_forward(model, b.input_ids, b.attention_mask, env.max_prompt_tokens, temperature, True)
-            logp, _ = token_logprobs(logits, b.response_ids, env.vocab_size)
+            logp, ent = token_logprobs(logits, b.response_ids, env.vocab_size)
             values = head(hidden)
         torch.testing.assert_close(b.sample_logprobs, logp * b.response_mask, atol=1e-5, rtol=0)
         assert (b.sample_logprobs[b.response_mask == 0] == 0).all()
         assert (values * b.response_mask).abs().max() > 0.1
         torch.testing.assert_close(b.values, values * b.response_mask, atol=1e-5, rtol=0)
+        torch.testing.assert_close(b.entropy, ent * b.response_mask, atol=1e-5, rtol=0)
         stopped |= bool(b.stopped.any() and not b.stopped.all())
     assert stopped  # some rows ended at EOS while others went on (greedy on the edited LM head)
     assert CachedSampler(model).rollout(env, seed=1).values is None  # no head, no values
