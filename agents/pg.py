@@ -101,6 +101,12 @@ class ReinforceAgent(PPOAgent):
     def _loss(self, exp, idx, n_tokens):
         return pg_terms(self, exp, idx, n_tokens)
 
+    def _extra_state(self) -> dict:
+        return {"baseline_value": self.baseline_value}
+
+    def _load_extra_state(self, state: dict) -> None:
+        self.baseline_value = state.get("baseline_value")
+
 
 @dataclass
 class A2CConfig(PPOConfig):

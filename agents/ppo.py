@@ -484,6 +484,14 @@ class PPOAgent:
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.ac.policy.named_parameters() if v.requires_grad}
 
+    def _extra_state(self) -> dict[str, Any]:
+        """JSON-able state a subclass keeps between iterations (e.g. REINFORCE's moving baseline), saved in
+        ``trainer_state.json`` so that a resumed run continues as the uninterrupted one would."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_extra_state` returned."""
+
     def _rank_rng_state(self) -> dict[str, Any]:
         """This rank's random streams: they differ between ranks (the shuffle stream does not)."""
         return {"sample": self.sample_gen.get_state(), "torch": torch.get_rng_state(),
@@ -525,6 +533,7 @@ class PPOAgent:
                 "vocab_size": self.env.vocab_size,
                 "model_class": type(self.ac.policy).__name__,
                 "n_parameters": sum(p.numel() for p in self.ac.policy.parameters()),
+                "agent_state": self._extra_state(),
             }
             atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=1))
         dist.barrier()
@@ -582,6 +591,7 @@ class PPOAgent:
         random.setstate(_from_jsonable(state["python_rng"]))
         self.score_moments = state["score_moments"]
         self.nonfinite_total = state["nonfinite_total"]
+        self._load_extra_state(state.get("agent_state", {}))
         self._load_rank_rng(path, state)
         self.logger.truncate_after(self.iteration)
 

@@ -314,3 +314,17 @@ def test_distillation_refuses_a_teacher_of_another_vocabulary(toy_tok):
         Agent(toy_env(toy_tok), toy_model(toy_tok), cfg_for(PPOConfig, minibatch_size=8), teacher=small)
     with pytest.raises(ValueError, match="teacher"):
         Agent(toy_env(toy_tok), toy_model(toy_tok), cfg_for(PPOConfig, minibatch_size=8))
+
+
+def test_reinforce_moving_baseline_survives_a_checkpoint(toy_tok, tmp_path):
+    """The EMA baseline is state between iterations: a resumed run must continue it, not restart it."""
+    agent = ReinforceAgent(toy_env(toy_tok), toy_model(toy_tok), cfg_for(ReinforceConfig))
+    agent.learn(2, progress=False)
+    assert agent.baseline_value is not None
+    agent.save_checkpoint(tmp_path / "ck")
+    again = ReinforceAgent(toy_env(toy_tok), toy_model(toy_tok), cfg_for(ReinforceConfig))
+    again.load_checkpoint(tmp_path / "ck")
+    assert again.baseline_value == agent.baseline_value
+    a, b = agent.step(), again.step()
+    assert a["score"] == b["score"] and a["pg_loss"] == pytest.approx(b["pg_loss"], rel=1e-5, abs=1e-7)
+    assert again.baseline_value == pytest.approx(agent.baseline_value)

@@ -153,6 +153,7 @@ def check_finished(run: Path, straight_run: Path, res: dict) -> None:
     for k in got:
         torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=0, msg=k)
     assert not (run / ".checkpoint.old").exists()
+    assert not list(run.glob(".checkpoint.*.tmp"))  # a killed write's temporary is removed by the next save
 
 
 # -------------------------------------------------------------------------------------- tests

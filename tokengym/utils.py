@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import random
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -84,6 +86,18 @@ def recover_directory(path: str | os.PathLike) -> bool:
     return True
 
 
+def _remove_stale_temporaries(path: Path, keep: Path) -> None:
+    """Delete ``.NAME.*.tmp`` siblings that writes killed inside :func:`atomic_directory` left behind
+    (each can be a whole checkpoint). Only the writer of ``path`` calls this, so none is in use; a
+    reader (e.g. an evaluation of the checkpoint during training) never deletes anything."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale != keep and stale.is_dir():
+            try:
+                shutil.rmtree(stale)
+            except OSError as e:  # garbage that cannot be removed must not fail the save itself
+                warnings.warn(f"could not remove the stale temporary {stale}: {e}", RuntimeWarning, stacklevel=3)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.
@@ -97,6 +111,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _remove_stale_temporaries(path, keep=tmp)
     try:
         yield tmp
         for f in tmp.rglob("*"):
