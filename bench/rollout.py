@@ -238,7 +238,7 @@ def main() -> None:
         f"({100 * data['vader_share_of_b']:.2f} % of a (b) rollout); not counted above (the env's reward was `lambda p, r: 0.0`).",
         f"* {args.repeats} interleaved rounds (order rotated), medians; {info['cpus']} CPUs, torch {info['torch']} with "
         f"{info['torch_threads']} thread(s); load average {info['load_average'][0]:.1f} at start, "
-        f"{end_info['load_average'][0]:.1f} at end. The machine was shared with other jobs: wall times move with the load; "
+        f"{end_info['load_average'][0]:.1f} at end. Wall times move with any other load on the machine; "
         "CPU time (one torch thread, so CPU time = work done) is the steadier measure.",
         f"* Command: `{data['command']}` ({end_info['date']})",
     ]
