@@ -290,8 +290,8 @@ def markdown(results: dict, settings: dict, command: str, peak: float, bw: float
     lines += ["Peak resident memory (MB) of each configuration's process after its first PPO iteration:", "",
               md_table(["config", "peak RSS MB (ours)", "target MB", "", "peak RSS MB incl. direct floor"], mem_rows), "",
               "Direct floor = the same passes called on the model without the agent; FLOP floor = the iteration's FLOPs at the "
-              f"best fp32 matmul peak measured in the run ({peak:.1f} GFLOP/s, 2048x2048, one thread); roofline floor = the same, except each decode step costs at least one read of the weights "
-              f"at the best measured read bandwidth ({bw:.1f} GB/s). CPU time = the process's CPU seconds (one torch thread, so CPU time = work done, "
+              f"best fp32 matmul peak measured in the run ({peak:.1f} GFLOP/s, 2048x2048, {settings['threads']} thread(s)); roofline floor = the same, except each decode step costs at least one read of the weights "
+              f"at the best measured read bandwidth ({bw:.1f} GB/s). CPU time = the process's CPU seconds (with one torch thread CPU time = work done, "
               "and other jobs on the machine inflate it much less than wall time). "
               f"Load average at the start: {results[next(iter(results))]['machine']['load_average'][0]:.1f} (2 cores); "
               "ours and the direct floor alternate in one process, so their ratio is the robust number. Old log-probs and values "
@@ -311,6 +311,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--minibatch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the results files (e.g. _threads2), so other runs are kept")
     ap.add_argument("--recompute-old", type=int, default=0, help="1: PPOConfig.recompute_old_logprobs (a separate old forward)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--rm", help=argparse.SUPPRESS)
@@ -321,7 +322,7 @@ def main() -> None:
 
     settings = {k: getattr(args, k) for k in ("batch", "new_tokens", "prompt_tokens", "epochs", "minibatch", "repeats", "threads",
                                               "recompute_old")}
-    js = RESULTS / "ppo_iteration.json"
+    js = RESULTS / f"ppo_iteration{args.tag}.json"
     old = json.loads(js.read_text()) if js.is_file() else {}
     results = {k: v for k, v in old.get("configs", {}).items()  # configs of an earlier run with the same settings
                if old.get("settings") == settings and "wall" in v["rounds"][0]["ours"]}
@@ -353,7 +354,7 @@ def main() -> None:
     data = {"command": command_line() if ran else old.get("command", command_line()), "settings": settings,
             "matmul_peak_gflops": peak, "memory_bandwidth_gbs": bw, "configs": results}
     md = markdown(results, settings, data["command"], peak, bw)
-    write_results("ppo_iteration", data, md)
+    write_results("ppo_iteration" + args.tag, data, md)
     print(md)
 
 

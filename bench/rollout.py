@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--naive-steps", default="0,24,47", help="steps t (prefix length P+t) timed for the naive loop")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: see _util.set_threads)")
+    ap.add_argument("--tag", default="", help="suffix of the results files (e.g. _threads2), so other runs are kept")
     ap.add_argument("--profile", action="store_true", help="also print a torch profile of one (b) rollout")
     args = ap.parse_args()
 
@@ -239,10 +240,11 @@ def main() -> None:
         f"* {args.repeats} interleaved rounds (order rotated), medians; {info['cpus']} CPUs, torch {info['torch']} with "
         f"{info['torch_threads']} thread(s); load average {info['load_average'][0]:.1f} at start, "
         f"{end_info['load_average'][0]:.1f} at end. Wall times move with any other load on the machine; "
-        "CPU time (one torch thread, so CPU time = work done) is the steadier measure.",
+        + ("CPU time (one torch thread, so CPU time = work done) is the steadier measure." if info["torch_threads"] == 1 else
+         "CPU time counts every thread; wall time is the measure with more than one."),
         f"* Command: `{data['command']}` ({end_info['date']})",
     ]
-    js, mdp = write_results("rollout", data, "\n".join(md))
+    js, mdp = write_results("rollout" + args.tag, data, "\n".join(md))
     print("\n".join(md))
     print(f"\nwrote {js} and {mdp}")
 
