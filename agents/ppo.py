@@ -275,7 +275,10 @@ class PPOAgent:
         # fp32 log-softmax, the same temperature, no logits processors). The sampler ran exactly that
         # forward, one cached column at a time, so its numbers are reused (issue 7: one forward of the
         # batch saved); batches it did not sample (augmented ones) or recompute_old_logprobs re-run it.
-        if batch.values is not None and not cfg.recompute_old_logprobs:
+        # Half-precision cached and uncached forwards differ by ~1e-2 (fp32: ~1e-6), which would
+        # show up as ratio noise and clipping, so low-precision policies always recompute.
+        full_precision = next(self.ac.policy.parameters()).dtype in (torch.float32, torch.float64)
+        if batch.values is not None and not cfg.recompute_old_logprobs and full_precision:
             old_logp, old_values = batch.sample_logprobs * mask, batch.values * mask
         else:
             old_logp, old_values = [], []

@@ -208,6 +208,17 @@ def test_old_logprobs_and_values_come_from_the_rollout_without_another_forward(t
     assert metrics["first_ratio"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_half_precision_policy_recomputes_the_old_logprobs(toy_tok, make_toy_lm):
+    """bf16 cached and full forwards disagree far more than fp32 ones: the old forward is run again."""
+    env = toy_env(toy_tok)
+    agent = PPOAgent(env, make_toy_lm().to(torch.bfloat16), small_config())
+    calls = []
+    evaluate = agent.ac.evaluate
+    agent.ac.evaluate = lambda *a, **k: calls.append(1) or evaluate(*a, **k)
+    agent._make_experience(agent.sampler.rollout(env, seed=0))
+    assert len(calls) == env.num_envs // agent.config.micro_batch_size
+
+
 @pytest.mark.parametrize("ent_coef", [0.0, 0.01])
 def test_update_computes_the_entropy_only_when_the_loss_uses_it(toy_tok, make_toy_lm, monkeypatch, ent_coef):
     """ent_coef = 0: the logged entropy is the sampler's (no full-vocabulary pass per micro-batch);
