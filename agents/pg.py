@@ -40,7 +40,7 @@ def pg_terms(
         losses = torch.max(losses, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
     pg_loss = (losses * m).sum() / n_tokens
     ent = (f["token_entropy"] * m).sum() / n_tokens
-    loss = pg_loss - agent.config.ent_coef * ent
+    loss = pg_loss - agent.config.ent_coef * ent if agent.config.ent_coef != 0 else pg_loss
     return loss, {"pg_loss": pg_loss, "vf_loss": torch.zeros(()), "entropy": ent, **f}
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .rollout import position_ids_from_mask
+from .rollout import entropy_from_logprobs, position_ids_from_mask
 
 
 def hidden_size(model: PreTrainedModel) -> int:
@@ -81,7 +81,7 @@ def token_logprobs(
     if entropy is None:
         return logp, None
     with torch.set_grad_enabled(entropy and torch.is_grad_enabled()):
-        ent = -(logp_all.exp() * logp_all).sum(-1)
+        ent = entropy_from_logprobs(logp_all)
     return logp, ent
 
 

@@ -427,7 +427,9 @@ class PPOAgent:
         pg_loss = (pg_losses * m).sum() / n_tokens
         vf_loss = 0.5 * (vf_losses * m).sum() / n_tokens
         ent = (f["token_entropy"] * m).sum() / n_tokens
-        loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * ent
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        if cfg.ent_coef != 0:  # a logged-only entropy never reaches the loss, not even as 0 * H
+            loss = loss - cfg.ent_coef * ent
         return loss, {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": ent, **f}
 
     def _skip_minibatch(self, what: str) -> None:

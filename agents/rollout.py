@@ -59,6 +59,12 @@ class RolloutBatch:
         return self.prompt_ids.shape[0]
 
 
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """``-sum p log p`` over the last dimension. Tokens a model masks with a -inf logit have p = 0 and
+    add 0 (the plain product would be 0 * -inf = NaN, in the value and in its gradient)."""
+    return -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)
+
+
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Positions that count only real tokens (checklist 3): left padding does not shift them."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -133,7 +139,7 @@ class CachedSampler:
             logprobs[:, t] = torch.where(active.cpu(), logp.gather(1, action[:, None]).squeeze(1).cpu(), 0.0)
             # Logged as the policy's entropy: (B, V) here is ~1 % of the step, while the same in the
             # training forward costs a (b, T, V) pass and its memory traffic in every epoch.
-            entropy[:, t] = torch.where(active.cpu(), -(logp.exp() * logp).sum(-1).cpu(), 0.0)
+            entropy[:, t] = torch.where(active.cpu(), entropy_from_logprobs(logp).cpu(), 0.0)
             if want_values:  # the state s_t is the prefix that predicts a_t: the last fed position
                 v = self.value_head(out.hidden_states[-1][:, -1]).float()
                 values[:, t] = torch.where(active.cpu(), v.cpu(), 0.0)

@@ -143,3 +143,34 @@ def test_nan_policy_weights_fail_the_rollout_with_a_named_error(toy_tok):
                          max_new_tokens=3, max_prompt_tokens=4)
     with pytest.raises(FloatingPointError, match="non-finite logits at rollout step 0"):
         CachedSampler(model).rollout(env, seed=0)
+
+
+def test_entropy_of_logits_masked_with_minus_inf_is_finite_with_a_finite_gradient():
+    from tokengym.agents.policy import token_logprobs
+
+    logits = torch.tensor([[[0.0, 1.0, float("-inf"), 2.0]]], requires_grad=True)
+    logp, ent = token_logprobs(logits, torch.tensor([[1]]), vocab=4, entropy=True)
+    p = torch.softmax(torch.tensor([0.0, 1.0, 2.0]), -1)
+    assert ent.item() == pytest.approx(-(p * p.log()).sum().item(), rel=1e-6)
+    ent.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("ent_coef", [0.0, 0.01])
+def test_a_policy_that_masks_tokens_with_minus_inf_trains(toy_tok, ent_coef):
+    """Some LMs put -inf on tokens they never emit: the entropy (logged or in the loss) stays finite,
+    so no minibatch is skipped for a NaN that 0 * log 0 would make."""
+    agent = make_agent(toy_tok, lambda p, r: float(len(r)) / 10, ent_coef=ent_coef)
+    head = agent.ac.policy.get_output_embeddings()
+
+    def mask_token(module, inputs, output):
+        output = output.clone()
+        output[..., 7] = float("-inf")
+        return output
+
+    head.register_forward_hook(mask_token)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a skipped minibatch would warn
+        for _ in range(2):
+            m = agent.step()
+    assert math.isfinite(m["entropy"]) and m["entropy"] > 0 and m["skipped_minibatches"] == 0
