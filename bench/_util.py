@@ -148,15 +148,18 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path,
     return js, md
 
 
-def long_prompt_indices(env: Any, n: int, min_tokens: int) -> list[int]:
+def long_prompt_indices(env: Any, n: int, min_tokens: int, at_least: int | None = None) -> list[int]:
     """The first ``n`` prompt indices of ``env``'s prompt set with at least ``min_tokens`` tokens, so
-    every row is a full ``min_tokens``-token prompt (no left padding) once truncated to ``P``."""
+    every row is a full ``min_tokens``-token prompt (no left padding) once truncated to ``P``; fewer
+    than ``n`` are enough when there are ``at_least`` of them."""
     out = []
     for i in range(len(env.prompts)):
         if len(env._ep.prompt_tokens(env.prompts[i]["prompt"])) >= min_tokens:
             out.append(i)
             if len(out) == n:
                 return out
+    if at_least is not None and len(out) >= at_least:
+        return out
     raise ValueError(f"only {len(out)} prompts have >= {min_tokens} tokens")
 
 

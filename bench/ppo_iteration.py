@@ -105,7 +105,7 @@ def child(args: argparse.Namespace) -> None:
     tok, model = load_causal_lm()
     env = BatchedTextEnv(B, tokenizer=tok, reward=args.rm, max_new_tokens=T, max_prompt_tokens=P)
     disable_eos(env)
-    long_idx = np.asarray(long_prompt_indices(env, 4 * B, P))
+    long_idx = np.asarray(long_prompt_indices(env, 4 * B, P, at_least=B))
     cfg = PPOConfig(batch_size=B, minibatch_size=args.minibatch, micro_batch_size=args.minibatch, ppo_epochs=args.epochs,
                     lora_r=16 if lora else 0, sample_every=0, adaptive_kl=False,
                     recompute_old_logprobs=bool(args.recompute_old))
