@@ -134,15 +134,15 @@ class CachedSampler:
                 action = logp.argmax(-1)
             else:
                 action = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(1).to(device)
-            active = torch.as_tensor(env.active, device=device)
-            action = torch.where(active, action, torch.full_like(action, env.pad_token_id))
-            logprobs[:, t] = torch.where(active.cpu(), logp.gather(1, action[:, None]).squeeze(1).cpu(), 0.0)
+            active = torch.as_tensor(env.active)  # (B,) bool on the CPU, where the per-step records live
+            action = torch.where(active.to(device), action, torch.full_like(action, env.pad_token_id))
+            logprobs[:, t] = torch.where(active, logp.gather(1, action[:, None]).squeeze(1).cpu(), 0.0)
             # Logged as the policy's entropy: (B, V) here is ~1 % of the step, while the same in the
             # training forward costs a (b, T, V) pass and its memory traffic in every epoch.
-            entropy[:, t] = torch.where(active.cpu(), entropy_from_logprobs(logp).cpu(), 0.0)
+            entropy[:, t] = torch.where(active, entropy_from_logprobs(logp).cpu(), 0.0)
             if want_values:  # the state s_t is the prefix that predicts a_t: the last fed position
                 v = self.value_head(out.hidden_states[-1][:, -1]).float()
-                values[:, t] = torch.where(active.cpu(), v.cpu(), 0.0)
+                values[:, t] = torch.where(active, v.cpu(), 0.0)
             final, reward, terminated, truncated, info = env.step(action.cpu().numpy())
             ended = terminated | truncated
             if ended.any():
