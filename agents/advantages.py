@@ -11,6 +11,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+def where_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` on the mask, exactly 0 off it, even where ``x`` is infinite or NaN there (``x * mask``
+    would give NaN for ``-inf * 0``, e.g. the log-prob of a token the model rules out at a pad position)."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Population variance over masked entries (the unbiased one misbehaves on tiny minibatches)."""
     mean = masked_mean(x, mask)

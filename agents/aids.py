@@ -24,7 +24,7 @@ import torch
 
 from .policy import response_forward
 from .ppo import Experience, PPOAgent
-from .rollout import RolloutBatch
+from .rollout import RolloutBatch, mask_pad_logits
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,6 +132,14 @@ class OutputAugmenter:
     They are off-policy samples that the update treats as if sampled (self-imitation of edited good
     outputs): their old log-probs and KL are computed like a rollout's, and their advantages follow
     the agent's rule, so a variant scoring worse than its original is pushed down, not up.
+
+    Every call returns the same number of episodes, ``n_episodes`` (default: the most the settings
+    can give, ``max(1, round(top_fraction * batch))`` responses times the variants per response), so
+    that every rank of a ``torchrun`` run has a batch of one size and runs the same minibatches and
+    collectives. How many variants a rollout really yields depends on its data (``min_score``, empty
+    edits, a group that could not stay whole): the batch is trimmed to ``n_episodes`` (the variants of
+    the best originals kept) or padded with episodes whose response mask is all zero. Padding adds
+    nothing to any loss or statistic; ``batch.real`` marks the variants (True) and the padding (False).
     """
 
     OPS = ("insert", "delete", "replace")
@@ -145,9 +153,13 @@ class OutputAugmenter:
         n_edits: int = 1,
         min_score: float | None = None,
         seed: int = 0,
+        n_episodes: int | None = None,
     ) -> None:
         if not 0 < top_fraction <= 1 or n_variants < 1 or n_edits < 1:
             raise ValueError("need 0 < top_fraction <= 1, n_variants >= 1 and n_edits >= 1")
+        if n_episodes is not None and (isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 1):
+            raise ValueError(f"n_episodes must be an integer >= 1 or None, got {n_episodes!r}")
+        self.n_episodes = n_episodes
         if not ops or set(ops) - set(self.OPS):
             raise ValueError(f"ops must be a non-empty subset of {self.OPS}, got {ops!r}")
         if unit not in ("tokens", "words"):
@@ -171,8 +183,24 @@ class OutputAugmenter:
                 units[int(self.rng.integers(len(units)))] = pool[self.rng.integers(len(pool))]
         return units
 
-    def __call__(self, batch: RolloutBatch, env: Any, group_size: int = 1) -> RolloutBatch | None:
-        """A batch of variants of ``batch``'s best episodes (None when there is nothing to augment)."""
+    def variants_per_response(self, group_size: int = 1) -> int:
+        """``n_variants``, rounded up to a multiple of ``group_size`` (the variants of one response form whole groups)."""
+        return self.n_variants if group_size <= 1 else group_size * math.ceil(self.n_variants / group_size)
+
+    def episodes_per_rollout(self, batch_size: int, group_size: int = 1) -> int:
+        """The fixed size of every batch this augmenter returns for rollouts of ``batch_size`` episodes."""
+        if self.n_episodes is not None:
+            n = self.n_episodes
+        else:
+            n = max(1, round(self.top_fraction * batch_size)) * self.variants_per_response(group_size)
+        if group_size > 1 and n % group_size:
+            raise ValueError(f"n_episodes ({n}) must be a multiple of the group size ({group_size}): groups stay whole")
+        return n
+
+    def __call__(self, batch: RolloutBatch, env: Any, group_size: int = 1) -> RolloutBatch:
+        """``episodes_per_rollout(len(batch), group_size)`` episodes: variants of ``batch``'s best
+        episodes, then padding (see the class docstring)."""
+        n_total = self.episodes_per_rollout(len(batch), group_size)
         tok, T = env.tokenizer, batch.response_ids.shape[1]
         eos = env.eos_token_id
         special = set(tok.all_special_ids)
@@ -181,7 +209,7 @@ class OutputAugmenter:
         chosen = [i for i in order[: max(1, round(self.top_fraction * len(batch)))]
                   if batch.lengths[i] > 0 and (self.min_score is None or scores[i] >= self.min_score)]
         if not chosen:
-            return None
+            return self._scored_batch(batch, env, [], [], n_total)
         contents = {}  # row -> (content tokens without the final EOS, stopped)
         for i in chosen:
             ids = batch.response_ids[i, : batch.lengths[i]].tolist()
@@ -191,7 +219,7 @@ class OutputAugmenter:
             pool = sorted({t for ids, _ in contents.values() for t in ids if t not in special})
         else:
             pool = sorted({w for ids, _ in contents.values() for w in tok.decode(ids, skip_special_tokens=True).split()})
-        n_var = self.n_variants if group_size <= 1 else group_size * math.ceil(self.n_variants / group_size)
+        n_var = self.variants_per_response(group_size)
         rows, responses = [], []
         for i in chosen:
             ids, stopped = contents[i]
@@ -210,63 +238,84 @@ class OutputAugmenter:
                 continue  # a group must stay whole
             rows += [i] * len(variants)
             responses += variants
-        if not rows:
-            return None
-        return self._scored_batch(batch, env, rows, responses)
+        # The variants of the best originals come first: trimming drops the worst originals' (whole groups,
+        # as both counts are multiples of the group size).
+        return self._scored_batch(batch, env, rows[:n_total], responses[:n_total], n_total)
 
     @staticmethod
-    def _scored_batch(batch: RolloutBatch, env: Any, rows: list[int], responses: list[list[int]]) -> RolloutBatch:
+    def _scored_batch(
+        batch: RolloutBatch, env: Any, rows: list[int], responses: list[list[int]], n_total: int
+    ) -> RolloutBatch:
+        """The ``len(rows)`` variants scored by the env's reward, then ``n_total - len(rows)`` padding
+        episodes (prompt of row 0, empty response, mask 0, score 0) that the reward never sees."""
         T, eos, pad, tok = batch.response_ids.shape[1], env.eos_token_id, env.pad_token_id, env.tokenizer
-        n = len(rows)
-        response_ids = torch.full((n, T), pad, dtype=torch.long)
-        response_mask = torch.zeros(n, T)
-        stopped = torch.zeros(n, dtype=torch.bool)
+        n_real = len(rows)
+        response_ids = torch.full((n_total, T), pad, dtype=torch.long)
+        response_mask = torch.zeros(n_total, T)
+        stopped = torch.zeros(n_total, dtype=torch.bool)
         texts = []
         for j, ids in enumerate(responses):
             response_ids[j, : len(ids)] = torch.as_tensor(ids)
             response_mask[j, : len(ids)] = 1
             stopped[j] = ids[-1] == eos
             texts.append(tok.decode(ids[:-1] if stopped[j] else ids, skip_special_tokens=True))
-        items = env.prompt_items() if hasattr(env, "prompt_items") else []
-        prompts = [batch.prompt_texts[i] for i in rows]
-        meta_items = [items[i] if i < len(items) and items[i] and items[i].get("prompt") == batch.prompt_texts[i]
-                      else {"prompt": batch.prompt_texts[i], "id": batch.prompt_ids_str[i]} for i in rows]
-        refs = [it.get("references") for it in meta_items]
-        meta = [{"stopped": bool(s), "truncated": not bool(s), "num_tokens": len(ids), "prompt_id": it["id"], "item": it}
-                for s, ids, it in zip(stopped.tolist(), responses, meta_items)]
-        score = torch.as_tensor(np.asarray(env.reward(prompts, texts, references=refs, metadata=meta)), dtype=torch.float32)
-        gold = None
-        if batch.gold_scores is not None and getattr(env, "gold_reward", None) is not None:
-            gold = torch.as_tensor(np.asarray(env.gold_reward(prompts, texts, references=refs, metadata=meta)), dtype=torch.float32)
-        idx = torch.as_tensor(rows)
+        score = torch.zeros(n_total)
+        gold = torch.zeros(n_total) if batch.gold_scores is not None and getattr(env, "gold_reward", None) is not None else None
+        if n_real:
+            items = env.prompt_items() if hasattr(env, "prompt_items") else []
+            prompts = [batch.prompt_texts[i] for i in rows]
+            meta_items = [items[i] if i < len(items) and items[i] and items[i].get("prompt") == batch.prompt_texts[i]
+                          else {"prompt": batch.prompt_texts[i], "id": batch.prompt_ids_str[i]} for i in rows]
+            refs = [it.get("references") for it in meta_items]
+            meta = [{"stopped": bool(s), "truncated": not bool(s), "num_tokens": len(ids), "prompt_id": it["id"], "item": it}
+                    for s, ids, it in zip(stopped[:n_real].tolist(), responses, meta_items)]
+            score[:n_real] = torch.as_tensor(np.asarray(env.reward(prompts, texts, references=refs, metadata=meta)), dtype=torch.float32)
+            if gold is not None:
+                gold[:n_real] = torch.as_tensor(np.asarray(env.gold_reward(prompts, texts, references=refs, metadata=meta)), dtype=torch.float32)
+        src = rows + [0] * (n_total - n_real)  # padding borrows row 0's prompt (one prompt: its groups stay whole)
+        idx = torch.as_tensor(src, dtype=torch.long)
         out = RolloutBatch(
             prompt_ids=batch.prompt_ids[idx], prompt_mask=batch.prompt_mask[idx], response_ids=response_ids,
-            response_mask=response_mask, sample_logprobs=torch.zeros(n, T), scores=score, stopped=stopped,
-            gold_scores=gold, prompt_texts=prompts, response_texts=texts, prompt_ids_str=[batch.prompt_ids_str[i] for i in rows],
+            response_mask=response_mask, sample_logprobs=torch.zeros(n_total, T), scores=score, stopped=stopped,
+            gold_scores=gold, prompt_texts=[batch.prompt_texts[i] for i in src], response_texts=texts + [""] * (n_total - n_real),
+            prompt_ids_str=[batch.prompt_ids_str[i] for i in src],
         )
         out.augmented = True  # read by agents whose running statistics must see real rollouts only
+        out.real = torch.arange(n_total) < n_real  # False on the padding
         return out
 
 
 class AugmentationMixin:
     """Adds edited variants of each rollout's best outputs to the update (see :class:`OutputAugmenter`).
 
-    Metrics, the KL controller and the logged samples see the real rollout only; the update sees the
-    rollout plus the variants (a rollout's ``batch_size`` episodes, then the variants, in minibatches
-    of ``minibatch_size``). Logged: ``aug_episodes`` and ``aug_score`` (mean score of the variants).
+    Metrics, the KL controller, the score statistics of ``score_scaling`` and the logged samples see
+    the real rollout only; the update sees the rollout plus a fixed number of augmented episodes
+    (``augmenter.episodes_per_rollout``: a rollout's ``batch_size`` episodes, then the augmented ones,
+    in minibatches of ``minibatch_size``; the same count on every rank). Logged: ``aug_episodes``
+    (variants, padding excluded) and ``aug_score`` (their mean score, NaN without any). The
+    augmenter's random generator is saved in checkpoints with this rank's other random streams.
     """
 
     def __init__(self, *args: Any, augmenter: OutputAugmenter | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.augmenter = augmenter or OutputAugmenter(seed=self.config.seed)
+        self.augmenter.episodes_per_rollout(self.config.batch_size, getattr(self.config, "group_size", 1))  # fail now if invalid
 
     def _update(self, exp: Experience) -> dict[str, float]:
         extra = self.augmenter(exp.batch, self.env, getattr(self.config, "group_size", 1))
-        if extra is None:
-            return {**super()._update(exp), "aug_episodes": 0.0, "aug_score": float("nan")}
         aug = self._make_experience(extra)
         stats = super()._update(concat_experience(exp, aug))
-        return {**stats, "aug_episodes": float(len(extra)), "aug_score": float(extra.scores.mean())}
+        real = extra.real
+        n_real = int(real.sum())
+        return {**stats, "aug_episodes": float(n_real), "aug_score": float(extra.scores[real].mean()) if n_real else float("nan")}
+
+    def _rng_extra_state(self) -> dict[str, Any]:
+        return {**super()._rng_extra_state(), "augmenter_rng": self.augmenter.rng.bit_generator.state}
+
+    def _load_rng_extra(self, state: dict[str, Any]) -> None:
+        super()._load_rng_extra(state)
+        if "augmenter_rng" in state:
+            self.augmenter.rng.bit_generator.state = state["augmenter_rng"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,18 +352,29 @@ class DistillationMixin:
     @torch.inference_mode()
     def _make_experience(self, batch: RolloutBatch) -> Experience:
         exp = super()._make_experience(batch)
-        cfg, P, V = self.config, batch.prompt_ids.shape[1], self.env.vocab_size
+        cfg, P = self.config, batch.prompt_ids.shape[1]
         ids, attn = batch.input_ids, batch.attention_mask
         parts = []
         for s in range(0, len(batch), cfg.micro_batch_size):
             logits, _ = response_forward(self.teacher, ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P, cfg.temperature)
-            parts.append(torch.log_softmax(logits[..., :V], dim=-1))
+            parts.append(self._distill_logprobs(logits))
         exp.teacher_logprobs = torch.cat(parts)
         return exp
 
+    def _distill_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probs over the actions: the env's vocabulary without pad, which the policy never samples.
+
+        The excluded column is clamped from -inf to the lowest float: with -inf in both teacher and
+        student, ``p * (log p_T - log p_S)`` would be ``0 * (-inf + inf) = NaN`` instead of 0.
+        """
+        logits = logits[..., : self.env.vocab_size]
+        pad = getattr(self.ac, "pad_token_id", None)
+        logp = torch.log_softmax(mask_pad_logits(logits, pad) if pad is not None else logits, dim=-1)
+        return logp.clamp(min=torch.finfo(logp.dtype).min)
+
     def _loss(self, exp: Experience, idx: torch.Tensor, n_tokens: torch.Tensor):
         loss, out = super()._loss(exp, idx, n_tokens)
-        student = torch.log_softmax(out["logits"][..., : self.env.vocab_size], dim=-1)
+        student = self._distill_logprobs(out["logits"])
         teacher = exp.teacher_logprobs[idx]
         if self.distill_direction == "forward":
             kl = (teacher.exp() * (teacher - student)).sum(-1)

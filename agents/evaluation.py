@@ -15,6 +15,7 @@ from torch import nn
 
 from tokengym.envs import BatchedTextEnv
 
+from .advantages import where_mask
 from .policy import response_forward, token_logprobs
 from .rollout import CachedSampler
 
@@ -27,11 +28,14 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def reference_logprob_fn(reference: nn.Module, vocab: int, temperature: float = 1.0) -> RefLogprobs:
+def reference_logprob_fn(reference: nn.Module, vocab: int, temperature: float = 1.0,
+                         pad_id: int | None = None) -> RefLogprobs:
+    """Log-probs of the response tokens under ``reference``. ``pad_id`` removes the pad token from
+    its distribution, as the sampler does for the policy, so the KL compares like with like."""
     @torch.inference_mode()
     def fn(ids: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> torch.Tensor:
         logits, _ = response_forward(reference, ids, attn, prompt_len, temperature)
-        return token_logprobs(logits, ids[:, prompt_len:], vocab, entropy=None)[0]
+        return token_logprobs(logits, ids[:, prompt_len:], vocab, entropy=None, pad_id=pad_id)[0]
 
     return fn
 
@@ -55,9 +59,11 @@ def evaluate_policy(
         b = sampler.rollout(env, seed=seed + start, generator=gen, options={"prompt_indices": idx})
         P = b.prompt_ids.shape[1]
         logp = b.sample_logprobs  # log-probs of the sampled tokens under the policy (temperature applied)
-        ref = ref_logprobs(b.input_ids, b.attention_mask, P) * b.response_mask
-        kls.append(((logp - ref) * b.response_mask).sum(1))
-        nlls.append((-ref * b.response_mask).sum(1))
+        # Selected, not multiplied, by the mask: a reference that rules out pad gives -inf at the
+        # padding positions after a response, and -inf * 0 is NaN.
+        ref = where_mask(ref_logprobs(b.input_ids, b.attention_mask, P), b.response_mask)
+        kls.append(where_mask(logp - ref, b.response_mask).sum(1))
+        nlls.append(where_mask(-ref, b.response_mask).sum(1))
         lengths.append(b.lengths)
         scores.append(b.scores)
         stopped.append(b.stopped)

@@ -132,8 +132,9 @@ class GRPOAgent(GroupAgent):
         cfg = self.config
         loss, out = pg_terms(self, exp, idx, n_tokens, cfg.clip_range)
         if cfg.kl_in_loss:
-            kl = kl_per_token(out["logp"], exp.ref_logprobs[idx], cfg.kl_loss_estimator)
-            kl_loss = (kl * out["mask"]).sum() / n_tokens
+            # The mask goes in before k3's exponential (a pad position can overflow it to inf).
+            kl = kl_per_token(out["logp"], exp.ref_logprobs[idx], cfg.kl_loss_estimator, mask=out["mask"])
+            kl_loss = kl.sum() / n_tokens
             loss = loss + self.kl_ctl.beta * kl_loss
             out["kl_loss"] = kl_loss
         return loss, out

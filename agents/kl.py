@@ -6,16 +6,26 @@ from typing import Literal
 
 import torch
 
+from .advantages import where_mask
+
 KLEstimator = Literal["k1", "k3"]
 
 
-def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
+def kl_per_token(
+    logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k1", mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from log-probs of the *sampled* tokens, shape (B, T).
 
     k1 = log pi - log pi_ref: unbiased, can be negative per sample (the classic RLHF penalty).
     k3 = (r - 1) - log r with r = pi_ref / pi: unbiased, never negative, lower variance (Schulman, 2020).
+
+    With ``mask`` (B, T) the estimate is 0 off the mask, and the log-ratio is masked *before* k3's
+    exponential: at a pad position a peaked policy can give log pi < -88, where exp(-log_ratio)
+    overflows float32 to inf, and masking afterwards (inf * 0) would give NaN.
     """
     log_ratio = logp - ref_logp
+    if mask is not None:
+        log_ratio = where_mask(log_ratio, mask)
     if estimator == "k1":
         return log_ratio
     if estimator == "k3":

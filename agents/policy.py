@@ -10,19 +10,34 @@ kept small by ``vf_coef``.
 from __future__ import annotations
 
 import copy
+import hashlib
+import warnings
 from contextlib import nullcontext
-from typing import ContextManager
+from typing import ContextManager, Iterable
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .rollout import entropy_from_logprobs, position_ids_from_mask
+from .rollout import entropy_from_logprobs, mask_pad_logits, position_ids_from_mask
 
 
 def hidden_size(model: PreTrainedModel) -> int:
     cfg = model.config
     return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+
+def tensors_fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A hash of names, dtypes, shapes and exact bytes of ``named`` tensors (order-independent).
+
+    Identical weights give the same string in any process on any machine; one changed bit changes it.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(named, key=lambda kv: kv[0]):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 class ValueHead(nn.Module):
@@ -68,15 +83,22 @@ def response_forward(
 
 
 def token_logprobs(
-    logits: torch.Tensor, tokens: torch.Tensor, vocab: int, entropy: bool | None = True
+    logits: torch.Tensor, tokens: torch.Tensor, vocab: int, entropy: bool | None = True, pad_id: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """fp32 log-prob of ``tokens`` (B, T) under ``logits`` (B, T, V), and the entropy (B, T).
 
     ``entropy=None`` skips the entropy; ``entropy=False`` computes it for logging only, outside the
     autograd graph: a full-vocabulary entropy roughly doubles the cost of the log-prob step, and its
     backward is wasted when the entropy bonus is 0.
+
+    ``pad_id`` removes the pad token from the distribution, as the sampler does (pad is never an
+    action): without it these log-probs would differ from the sampled ones by ``log(1 - p(pad))``.
+    The log-prob of a pad *position* is then -inf; callers mask those positions with ``where_mask``.
     """
-    logp_all = torch.log_softmax(logits[..., :vocab], dim=-1)
+    logits = logits[..., :vocab]
+    if pad_id is not None:
+        logits = mask_pad_logits(logits, pad_id)
+    logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if entropy is None:
         return logp, None
@@ -93,18 +115,26 @@ class ActorCritic(nn.Module):
     weight gradients of the base. Without it the reference is a frozen deep copy.
     """
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int, lora: object | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, vocab_size: int, lora: object | None = None, pad_token_id: int | None = None
+    ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
+        self.pad_token_id = pad_token_id  # excluded from the action distribution, as in the sampler
         if lora is not None:
             from peft import get_peft_model
 
-            self.policy = get_peft_model(model, lora)
+            with warnings.catch_warnings():
+                # peft reads ``model.is_gradient_checkpointing``, which transformers >= 4.5x deprecates
+                # with a FutureWarning on every LoRA run; the attribute's value is still right.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                self.policy = get_peft_model(model, lora)
             self.reference: nn.Module | None = None
         else:
             self.policy = model
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size(model))
+        self._reference_fingerprint: str | None = None
         self.policy.eval()  # dropout off for policy, reference and value (checklist 26)
 
     @property
@@ -120,7 +150,7 @@ class ActorCritic(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Policy log-probs, entropies (see :func:`token_logprobs`) and values of the response tokens, (B, T) fp32."""
         logits, hidden = response_forward(self.policy, input_ids, attention_mask, prompt_len, temperature, True)
-        logp, entropy = token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=with_entropy)
+        logp, entropy = token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=with_entropy, pad_id=self.pad_token_id)
         return logp, entropy, self.value_head(hidden)
 
     @torch.inference_mode()
@@ -131,7 +161,21 @@ class ActorCritic(nn.Module):
         model = self.policy if self.uses_lora else self.reference
         with self.reference_context():
             logits, _ = response_forward(model, input_ids, attention_mask, prompt_len, temperature)
-        return token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=None)[0]
+        return token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=None, pad_id=self.pad_token_id)[0]
+
+    def reference_fingerprint(self) -> str:
+        """Fingerprint of the frozen reference's weights (LoRA: the base weights the adapters sit on).
+
+        Computed once: the reference never changes during a run. A checkpoint stores it so that a
+        resume can refuse a reference that is not the model the run started from.
+        """
+        if getattr(self, "_reference_fingerprint", None) is None:
+            if self.uses_lora:
+                named = [(k, v) for k, v in self.policy.state_dict().items() if "lora_" not in k]
+            else:
+                named = list(self.reference.state_dict().items())
+            self._reference_fingerprint = tensors_fingerprint(named)
+        return self._reference_fingerprint
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

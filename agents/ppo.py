@@ -36,8 +36,8 @@ from tokengym.config import from_dict
 from tokengym.envs import BatchedTextEnv
 from tokengym.utils import atomic_directory, atomic_write_text, recover_directory, seed_everything
 
-from .advantages import gae, masked_mean, masked_var, masked_whiten
-from .kl import AdaptiveKLController, FixedKLController, KLEstimator, kl_per_token
+from .advantages import gae, masked_mean, masked_var, masked_whiten, where_mask
+from .kl import AdaptiveKLController, FixedKLController, kl_per_token
 from .logger import MetricsLogger
 from .policy import ActorCritic, response_forward, token_logprobs
 from .rollout import CachedSampler, RolloutBatch
@@ -94,6 +94,37 @@ class PPOConfig:
         return from_dict(cls, data)
 
     def validate(self) -> None:
+        """Refuse values the agent cannot run with, naming the field (before any model is loaded).
+
+        The size fields are checked before the divisibility test so that ``minibatch_size=0`` says so
+        instead of failing with a ZeroDivisionError, and ``ppo_epochs=0`` does not reach an update
+        loop that never runs.
+        """
+        _check_int(self, "seed", minimum=0)  # numpy's seed sequences refuse negative entropy
+        for name in ("batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs", "max_nonfinite_updates"):
+            _check_int(self, name, minimum=1)
+        for name in ("lora_r", "sample_every", "checkpoint_every"):
+            _check_int(self, name, minimum=0)
+        _check_int(self, "kl_horizon", minimum=1)
+        if self.lora_r > 0:
+            _check_number(self, "lora_alpha", low=0, low_open=True)
+        for name in ("learning_rate", "adam_eps", "max_grad_norm", "temperature", "clip_range", "clip_range_value"):
+            _check_number(self, name, low=0, low_open=True)
+        for name in ("gamma", "lam"):
+            _check_number(self, name, low=0, high=1)
+        for name in ("vf_coef", "kl_coef"):
+            _check_number(self, name, low=0)
+        _check_number(self, "ent_coef")
+        _check_number(self, "kl_target", low=0, low_open=True)
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}")
+        if self.missing_eos_penalty is not None:
+            _check_number(self, "missing_eos_penalty")
+        for name in ("score_clip", "target_kl"):
+            if getattr(self, name) is not None:
+                _check_number(self, name, low=0, low_open=True)
+        if self.ratio_threshold is not None:  # the mean ratio starts at 1: a threshold <= 1 skips healthy steps
+            _check_number(self, "ratio_threshold", low=1, low_open=True)
         if self.batch_size % self.minibatch_size or self.minibatch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of minibatch_size ({self.minibatch_size}), "
@@ -101,8 +132,31 @@ class PPOConfig:
             )
         if self.whiten_rewards and self.minibatch_size < 8:
             raise ValueError("whiten_rewards needs minibatch_size >= 8 (moments of fewer samples are noise) [c19]")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+def _check_int(cfg: Any, name: str, minimum: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(
+    cfg: Any, name: str, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> None:
+    """``getattr(cfg, name)`` must be a finite real number in [low, high] (``(low, high]`` with ``low_open``)."""
+    value = getattr(cfg, name)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = ""
+        if low is not None:
+            bounds = f" {'>' if low_open else '>='} {low:g}"
+        if high is not None:
+            bounds += f"{' and' if bounds else ''} <= {high:g}"
+        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
 
 
 @dataclass
@@ -158,7 +212,8 @@ class PPOAgent:
                 r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
                 target_modules=list(self.config.lora_target_modules), bias="none",
             )
-        self.ac = ActorCritic(model, env.vocab_size, lora=lora)
+        # The sampler never emits pad (agents.rollout), so the training forward scores without it too.
+        self.ac = ActorCritic(model, env.vocab_size, lora=lora, pad_token_id=env.pad_token_id)
         dist.broadcast_module(self.ac)  # [issue 8] every rank starts from rank 0's weights, as DDP does
         self.ac.policy.config.use_cache = False
         self.sampler = CachedSampler(self.ac.policy, temperature=self.config.temperature, value_head=self.ac.value_head)
@@ -174,7 +229,11 @@ class PPOAgent:
         self.shuffle_gen = torch.Generator().manual_seed(self.config.seed)
         self.env_seeded = False
         self.iteration = 0
-        self.total_iterations = 1
+        # Length of the run for the schedules (learning-rate annealing, prompt-curriculum progress):
+        # None until ``learn(iterations)`` sets it, or the caller assigns it before driving ``step()``.
+        self.total_iterations: int | None = None
+        self.last_lr = self.config.learning_rate  # the learning rate of the latest update
+        self._warned_unknown_schedule = False
         self.score_moments = [0.0, 0.0, 0.0]  # count, mean, M2 (Welford) for score scaling
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
@@ -191,8 +250,12 @@ class PPOAgent:
         self, iterations: int, callback: Callable[[int, dict[str, float]], None] | None = None,
         progress: bool = True,
     ) -> list[dict[str, float]]:
-        """Run ``iterations`` of generate -> score -> optimise; returns the metric rows."""
-        self.total_iterations = max(self.total_iterations, iterations)
+        """Run ``iterations`` of generate -> score -> optimise; returns the metric rows.
+
+        ``iterations`` is the total count (a resumed run continues up to it), and it is also the
+        length of the schedules: ``total_iterations`` becomes ``max(total_iterations, iterations)``.
+        """
+        self.total_iterations = max(self.total_iterations or 0, iterations)
         bar = tqdm(total=iterations, initial=self.iteration, desc=type(self).__name__.removesuffix("Agent"), disable=not progress or self.rank != 0)
         while self.iteration < iterations:
             metrics = self.step()
@@ -237,7 +300,22 @@ class PPOAgent:
         if self.prompt_sampler is None:
             return None
         rng = np.random.default_rng([self.config.seed, self.rank, self.iteration])
-        return np.asarray(self.prompt_sampler(n, self.iteration / max(self.total_iterations, 1), rng), dtype=np.int64)
+        return np.asarray(self.prompt_sampler(n, self._progress(), rng), dtype=np.int64)
+
+    def _progress(self) -> float:
+        """Share of the run done before this iteration, 0 -> 1; 0 while the run's length is unknown."""
+        if self.total_iterations is None:
+            self._warn_unknown_schedule("the prompt schedule stays at progress 0")
+            return 0.0
+        return min(self.iteration / max(self.total_iterations, 1), 1.0)
+
+    def _warn_unknown_schedule(self, consequence: str) -> None:
+        if not self._warned_unknown_schedule:
+            self._warned_unknown_schedule = True
+            warnings.warn(
+                f"{type(self).__name__}.step() without a known run length: {consequence}. Call learn(iterations), "
+                "or set agent.total_iterations = N before the first step()", UserWarning, stacklevel=5,
+            )
 
     def _rollout_options(self) -> dict[str, Any] | None:
         """Options of the env's ``reset`` for the next rollout; subclasses pin prompts here
@@ -254,12 +332,15 @@ class PPOAgent:
             scores = torch.where(batch.stopped, scores, scores - self.config.missing_eos_penalty)
         if self.config.score_scaling:  # [c20] running std, mean kept
             n, mean, m2 = self.score_moments
-            for s in dist.all_gather_cat(scores).tolist():  # [issue 8] every rank's scores, same moments
-                n += 1
-                d = s - mean
-                mean += d / n
-                m2 += d * (s - mean)
-            self.score_moments = [n, mean, m2]
+            # Only sampled rollouts feed the moments: augmented episodes (agents.aids) are edits of the
+            # best outputs, and their scores would shift the statistics towards high scores.
+            if not getattr(batch, "augmented", False):
+                for s in dist.all_gather_cat(scores).tolist():  # [issue 8] every rank's scores, same moments
+                    n += 1
+                    d = s - mean
+                    mean += d / n
+                    m2 += d * (s - mean)
+                self.score_moments = [n, mean, m2]
             std = math.sqrt(m2 / n) if n > 1 else 1.0
             scores = scores / max(std, 1e-8)
         if self.config.score_clip is not None:
@@ -279,25 +360,26 @@ class PPOAgent:
         # show up as ratio noise and clipping, so low-precision policies always recompute.
         full_precision = next(self.ac.policy.parameters()).dtype in (torch.float32, torch.float64)
         if batch.values is not None and not cfg.recompute_old_logprobs and full_precision:
-            old_logp, old_values = batch.sample_logprobs * mask, batch.values * mask
+            old_logp, old_values = where_mask(batch.sample_logprobs, mask), where_mask(batch.values, mask)
         else:
             old_logp, old_values = [], []
             for s in range(0, len(batch), cfg.micro_batch_size):
                 lp, _, v = self.ac.evaluate(ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P, cfg.temperature, with_entropy=None)
                 old_logp.append(lp)
                 old_values.append(v)
-            old_logp = torch.cat(old_logp) * mask
-            old_values = torch.cat(old_values) * mask
-        ref_logp = torch.cat([
+            old_logp = where_mask(torch.cat(old_logp), mask)
+            old_values = where_mask(torch.cat(old_values), mask)
+        ref_logp = where_mask(torch.cat([
             self.ac.reference_logprobs(ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P, cfg.temperature)
             for s in range(0, len(batch), cfg.micro_batch_size)
-        ]) * mask
+        ]), mask)
         scores = self._process_scores(batch)
         # [c16] per-token reward: -beta * KL_t, plus the task score on the last real token [c23].
-        kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
+        kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator, mask=mask)
         rewards = -self.kl_ctl.beta * kl
         last = (batch.lengths - 1).clamp(min=0)
         rewards[torch.arange(len(batch)), last] += scores
+        rewards = where_mask(rewards, mask)  # an episode without a token (augmentation padding) gets no score
         if cfg.whiten_rewards:  # [c19] population variance, mean kept
             rewards = masked_whiten(rewards, mask, shift_mean=False, distributed=True)  # global moments [issue 8]
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # [c22]
@@ -309,15 +391,28 @@ class PPOAgent:
     # The PPO update
     # ------------------------------------------------------------------------------------------
     def _lr_now(self) -> float:
-        if not self.config.anneal_lr:  # [c28]
+        """Learning rate of the iteration about to run (``self.iteration``, counted from 0).
+
+        With ``anneal_lr`` it falls linearly over ``total_iterations`` [c28]: ``lr * (1 - i / total)``,
+        full on the first iteration, ``lr / total`` on the last, 0 for any iteration past the end.
+        While the total is unknown (``step()`` driven by hand without setting ``total_iterations``)
+        the rate stays at ``learning_rate`` and a warning says so once: guessing a length would
+        either stop training early (the old default of 1 gave lr 0 from the 2nd iteration on) or not
+        anneal at all without saying so.
+        """
+        if not self.config.anneal_lr:
+            return self.config.learning_rate
+        if self.total_iterations is None:
+            self._warn_unknown_schedule("anneal_lr keeps the learning rate constant")
             return self.config.learning_rate
         frac = 1.0 - self.iteration / max(self.total_iterations, 1)
         return self.config.learning_rate * max(frac, 0.0)
 
     def _update(self, exp: Experience) -> dict[str, float]:
         cfg = self.config
+        self.last_lr = self._lr_now()  # logged as this iteration's "lr" (the rate its steps used)
         for group in self.optimizer.param_groups:
-            group["lr"] = self._lr_now()
+            group["lr"] = self.last_lr
         mask = exp.batch.response_mask
         B = len(exp.batch)
         log: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac", "ratio_mean", "ratio_var")}
@@ -331,7 +426,11 @@ class PPOAgent:
                 mb = perm[start : start + cfg.minibatch_size]
                 # [issue 8] the per-rank mean token count: with gradients averaged over ranks the loss is
                 # the token mean over every rank's minibatch, as one process holding them all computes.
-                n_tokens = dist.all_reduce_mean(mask[mb].sum()).clamp(min=1)
+                n_tokens = dist.all_reduce_mean(mask[mb].sum())
+                if n_tokens.item() == 0:
+                    # No token on any rank (a minibatch of augmentation padding): nothing to learn, and an
+                    # Adam step on zero gradients would still move the weights by its momentum.
+                    continue
                 self.optimizer.zero_grad(set_to_none=True)
                 mb_stats = {k: 0.0 for k in log}
                 bad = None
@@ -398,10 +497,10 @@ class PPOAgent:
         # pass per micro-batch and epoch (~4 % of a SmolLM2 update) for a number nothing optimises.
         rollout_entropy = exp.batch.entropy
         want = True if self.config.ent_coef != 0 else (None if rollout_entropy is not None else False)
-        logp, entropy = token_logprobs(logits, ids[:, P:], self.ac.vocab_size, entropy=want)
+        logp, entropy = token_logprobs(logits, ids[:, P:], self.ac.vocab_size, entropy=want, pad_id=self.ac.pad_token_id)
         if entropy is None:
             entropy = rollout_entropy[idx]
-        log_ratio = (logp - exp.old_logprobs[idx]) * m
+        log_ratio = where_mask(logp - exp.old_logprobs[idx], m)  # a -inf log-prob at a pad gives 0, not NaN
         return {"logp": logp, "token_entropy": entropy, "values": self.ac.value_head(hidden), "log_ratio": log_ratio,
                 "ratio": torch.exp(log_ratio), "mask": m, "logits": logits}
 
@@ -465,7 +564,7 @@ class PPOAgent:
             "value_explained_var": explained,
             "response_length": gather(mask.sum(1).mean()),
             "eos_rate": gather(b.stopped.float().mean()),
-            "lr": self._lr_now(),
+            "lr": self.last_lr,
             "episodes_per_s": len(b) * dist.world_size() / t_all,
             "tokens_per_s": tokens * dist.world_size() / t_all,
             "rollout_s": t_roll,
@@ -497,11 +596,19 @@ class PPOAgent:
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`_extra_state` returned."""
 
+    def _rng_extra_state(self) -> dict[str, Any]:
+        """JSON-able random streams a subclass or mixin owns (e.g. the augmenter's generator). They are
+        per rank: saved with this rank's other streams and restored by :meth:`_load_rng_extra`."""
+        return {}
+
+    def _load_rng_extra(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_rng_extra_state` returned (keys missing from an older checkpoint are kept as they are)."""
+
     def _rank_rng_state(self) -> dict[str, Any]:
         """This rank's random streams: they differ between ranks (the shuffle stream does not)."""
         return {"sample": self.sample_gen.get_state(), "torch": torch.get_rng_state(),
                 "env_rng": self.env.np_random.bit_generator.state, "numpy_rng": _jsonable(np.random.get_state()),
-                "python_rng": _jsonable(random.getstate())}
+                "python_rng": _jsonable(random.getstate()), **self._rng_extra_state()}
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Rank 0 writes the checkpoint atomically; in a distributed run it also writes every rank's
@@ -512,7 +619,7 @@ class PPOAgent:
             return
         with atomic_directory(path) as tmp:
             for r, st in enumerate(rank_states):  # [issue 8]
-                meta = {k: json.dumps(st[k]) for k in ("env_rng", "numpy_rng", "python_rng")}
+                meta = {k: json.dumps(v) for k, v in st.items() if k not in _RNG_TENSORS}
                 save_file({"sample": st["sample"], "torch": st["torch"]}, tmp / f"rng_rank{r}.safetensors",
                           metadata={"rank": str(r), **meta})
             if self.ac.uses_lora:
@@ -531,8 +638,15 @@ class PPOAgent:
                 "env_seeded": self.env_seeded,
                 "numpy_rng": _jsonable(np.random.get_state()),
                 "python_rng": _jsonable(random.getstate()),
+                "rng_extra": self._rng_extra_state(),
                 "score_moments": self.score_moments,
                 "nonfinite_total": self.nonfinite_total,
+                # The streak counts skipped minibatches in a row: a resume must not forget two
+                # skips just before the save and let a third bad one pass as the first.
+                "nonfinite_streak": self.nonfinite_streak,
+                # A full fine-tuning checkpoint holds the policy but not the reference (a copy of the
+                # model given to the agent): the fingerprint lets a resume check it got the same one.
+                "reference_fingerprint": self.ac.reference_fingerprint(),
                 "world_size": dist.world_size(),
                 "config": asdict(self.config),
                 "vocab_size": self.env.vocab_size,
@@ -562,6 +676,15 @@ class PPOAgent:
                 f"checkpoint {path} is from another model ({state['model_class']}, {state['n_parameters']} parameters, "
                 f"vocab {state['vocab_size']}); this run has {type(self.ac.policy).__name__}, {n_params} parameters, "
                 f"vocab {self.env.vocab_size}"
+            )
+        saved_ref = state.get("reference_fingerprint")  # absent from checkpoints of earlier versions
+        if saved_ref is not None and saved_ref != self.ac.reference_fingerprint():
+            what = "base weights under the LoRA adapters" if self.ac.uses_lora else "reference model"
+            raise ValueError(
+                f"checkpoint {path} was trained against another {what} (fingerprint {saved_ref}, this agent's is "
+                f"{self.ac.reference_fingerprint()}): resume with the original model the run started from, "
+                "not the trained policy (e.g. a save_pretrained export) or another model of the same shape, "
+                "or the KL penalty would be measured against the wrong reference"
             )
         try:
             # Every file is read (the full policy's header checked against its size) before anything
@@ -596,6 +719,8 @@ class PPOAgent:
         random.setstate(_from_jsonable(state["python_rng"]))
         self.score_moments = state["score_moments"]
         self.nonfinite_total = state["nonfinite_total"]
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self._load_rng_extra(state.get("rng_extra", {}))
         self._load_extra_state(state.get("agent_state", {}))
         self._load_rank_rng(path, state)
         self.logger.truncate_after(self.iteration)
@@ -615,6 +740,7 @@ class PPOAgent:
                     meta = f.metadata()
                     sample, torch_rng = f.get_tensor("sample"), f.get_tensor("torch")
                 env_rng, numpy_rng, python_rng = (json.loads(meta[k]) for k in ("env_rng", "numpy_rng", "python_rng"))
+                extra = {k: json.loads(v) for k, v in meta.items() if k not in _RNG_CORE}
             except Exception as e:  # safetensors raises several types for a truncated/corrupt file
                 raise ValueError(f"checkpoint {path} is corrupt: {rank_file.name}: {type(e).__name__}: {e}") from e
             self.sample_gen.set_state(sample)
@@ -622,6 +748,7 @@ class PPOAgent:
             self.env.np_random.bit_generator.state = env_rng
             np.random.set_state(_from_jsonable(numpy_rng))
             random.setstate(_from_jsonable(python_rng))
+            self._load_rng_extra(extra)
         elif self.rank > 0:  # the shared files hold rank 0's streams: derive this rank's
             key = [self.config.seed, self.rank, self.iteration]
             self.sample_gen.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
@@ -637,6 +764,12 @@ class PPOAgent:
         with atomic_directory(path) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             self.env.tokenizer.save_pretrained(tmp)
+
+
+# Keys of ``_rank_rng_state``: tensors saved as safetensors, and the core JSON streams; any other key
+# is a subclass's (``_rng_extra_state``), saved as JSON metadata of the rank file.
+_RNG_TENSORS = ("sample", "torch")
+_RNG_CORE = (*_RNG_TENSORS, "env_rng", "numpy_rng", "python_rng", "rank")
 
 
 def _jsonable(x: Any) -> Any:

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from gymnasium.vector import AutoresetMode
 from transformers import PreTrainedModel
 
 from tokengym.envs import BatchedTextEnv
@@ -23,8 +22,8 @@ from tokengym.envs import BatchedTextEnv
 class RolloutBatch:
     """One batch of finished episodes (B = num_envs, P = max_prompt_tokens, T = max_new_tokens).
 
-    ``response_mask`` is 1 on every real response token *including* the EOS (the stop token is an
-    action and stays in the loss, checklist 1 and 8), 0 on the right padding.
+    ``response_mask`` is 1 on every real response token *including* the stop token (it is an action
+    and stays in the loss, checklist 1 and 8), 0 on the right padding.
     """
 
     prompt_ids: torch.Tensor  # (B, P) int64, left-padded
@@ -33,7 +32,7 @@ class RolloutBatch:
     response_mask: torch.Tensor  # (B, T) float32
     sample_logprobs: torch.Tensor  # (B, T) float32, log pi(a_t) under the sampling temperature
     scores: torch.Tensor  # (B,) float32 terminal reward from the env
-    stopped: torch.Tensor  # (B,) bool: ended by EOS
+    stopped: torch.Tensor  # (B,) bool: ended by a stop token (env.stop_token_ids)
     gold_scores: torch.Tensor | None = None  # (B,) float32 evaluation-only judge
     values: torch.Tensor | None = None  # (B, T) float32 V(s_t) from the sampler's value head, 0 on padding
     entropy: torch.Tensor | None = None  # (B, T) float32 entropy of the sampling distribution, 0 on padding
@@ -65,6 +64,16 @@ def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)
 
 
+def mask_pad_logits(logits: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``logits`` with the pad column at -inf: pad is padding, never an action the policy may take.
+
+    Its probability is then exactly 0 (``log_softmax`` renormalises over the other tokens), which is
+    what ``generate(suppress_tokens=[pad])`` does. A training forward that scores these samples must
+    apply the same mask, or its log-probs differ from the sampler's by ``log(1 - p(pad))``.
+    """
+    return logits.index_fill(-1, torch.tensor([pad_id], device=logits.device), float("-inf"))
+
+
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Positions that count only real tokens (checklist 3): left padding does not shift them."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -74,8 +83,13 @@ class CachedSampler:
     """Samples tokens for a :class:`BatchedTextEnv` with one forward per step and a KV cache.
 
     Sampling uses the raw policy distribution divided by ``temperature`` (no top-k/top-p: the PPO
-    log-probs must describe the distribution actually sampled, checklist 5-6). ``greedy=True`` takes
-    the argmax (evaluation, or comparing with ``generate``).
+    log-probs must describe the distribution actually sampled, checklist 5-6), with the pad token
+    masked out (:func:`mask_pad_logits`). ``greedy=True`` takes the argmax (evaluation, or comparing
+    with ``generate(eos_token_id=env.stop_token_ids, suppress_tokens=[pad])``).
+
+    ``env`` is a :class:`BatchedTextEnv`, possibly wrapped, made with or without autoreset: the
+    sampler steps ``env.unwrapped`` with autoreset disabled for the rollout, since an autoreset would
+    start a new episode in a row behind its KV cache.
 
     With a ``value_head`` (``(B, H) -> (B,)`` on the last hidden state) the sampler also records
     V(s_t) at every step. Together with ``sample_logprobs`` (fp32 log-softmax, eval mode, the same
@@ -96,9 +110,18 @@ class CachedSampler:
         options: dict[str, Any] | None = None,
     ) -> RolloutBatch:
         """Reset ``env`` (seeded) and play every episode of the batch to its end."""
-        if env.autoreset_mode != AutoresetMode.DISABLED:
-            # An autoreset would start a new episode in a row behind the sampler's KV cache.
-            raise ValueError(f"CachedSampler needs a BatchedTextEnv with autoreset mode DISABLED, got {env.autoreset_mode}")
+        base = getattr(env, "unwrapped", env)
+        if not isinstance(base, BatchedTextEnv):
+            raise TypeError(
+                f"CachedSampler needs a tokengym BatchedTextEnv (gym.make_vec's default or vector_entry_point mode), "
+                f"got {type(base).__name__}"
+            )
+        with base.autoreset_disabled():
+            return self._rollout(base, seed, generator, options)
+
+    def _rollout(
+        self, env: BatchedTextEnv, seed: int | None, generator: torch.Generator | None, options: dict[str, Any] | None
+    ) -> RolloutBatch:
         obs, _ = env.reset(seed=seed, options=options)
         P, T, B = env.max_prompt_tokens, env.max_new_tokens, env.num_envs
         device = next(self.model.parameters()).device
@@ -120,22 +143,23 @@ class CachedSampler:
         gold = torch.zeros(B, dtype=torch.float32)
         stopped = torch.zeros(B, dtype=torch.bool)
         has_gold = env.gold_reward is not None
+        pad = env.pad_token_id
         next_pos = pos[:, -1:] + 1
         for t in range(T):
             # fp32 log-softmax over the tokenizer's vocabulary (padded embedding rows are not actions).
             logits = out.logits[:, -1, :vocab].float()
             if self.temperature != 1.0:
                 logits = logits / self.temperature
-            logp = torch.log_softmax(logits, dim=-1)
             if torch.isnan(logits).any() or torch.isposinf(logits).any():
                 # Name the culprit instead of torch.multinomial's "probability tensor contains inf/nan".
                 raise FloatingPointError(f"the policy produced non-finite logits at rollout step {t}: its weights went bad")
+            logp = torch.log_softmax(mask_pad_logits(logits, pad), dim=-1)
             if self.greedy:
                 action = logp.argmax(-1)
             else:
                 action = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(1).to(device)
             active = torch.as_tensor(env.active)  # (B,) bool on the CPU, where the per-step records live
-            action = torch.where(active.to(device), action, torch.full_like(action, env.pad_token_id))
+            action = torch.where(active.to(device), action, torch.full_like(action, pad))
             logprobs[:, t] = torch.where(active, logp.gather(1, action[:, None]).squeeze(1).cpu(), 0.0)
             # Logged as the policy's entropy: (B, V) here is ~1 % of the step, while the same in the
             # training forward costs a (b, T, V) pass and its memory traffic in every epoch.

@@ -16,6 +16,11 @@ causal LM on a tokengym env::
   episodes), so it costs ~(P+T)/2 times more LM compute per generated token than tokengym's agents;
   the columns that are padding in every row of a batch are cut off first.
 * The LM stays in eval mode (dropout off, checklist 26) even when SB3 calls ``set_training_mode(True)``.
+* The distribution covers the env's whole action space, pad included (SB3 computes rollout and
+  training log-probs with the same forward, so they agree either way): a sampled pad simply ends
+  the episode, as the env treats pad as a stop token. tokengym's own sampler masks pad instead.
+* ``make_vec_env("tokengym/TextGeneration-v0", n_envs=..., env_kwargs=...)`` works as for any env
+  (it asks for ``render_mode="rgb_array"``, which the env draws).
 
 ``KLPenaltyWrapper`` adds ``-beta * (log pi(a_t|s_t) - log pi_ref(a_t|s_t))`` to each step's reward
 (checklist 16), so SB3 optimises the same KL-regularised objective as tokengym's agents (use

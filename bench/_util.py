@@ -34,6 +34,7 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     return {
+        **cpu_info(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -41,6 +42,26 @@ def machine_info() -> dict[str, Any]:
         "load_average": list(os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, the flags that decide bf16 speed, and torch's CPU capability (results differ by CPU)."""
+    import torch
+
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", ""):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    return {"cpu_model": model, "cpu_flags": [f for f in wanted if f in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def set_threads(n: int) -> int:

@@ -11,13 +11,47 @@ part without bookkeeping, and a KV-cached sampler needs only the newly appended 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from tokengym.models import default_stop_token_ids
 from tokengym.rewards import RewardFunction
 
+
+def check_index(value: Any, n: int, name: str) -> int:
+    """``value`` as an index in ``[0, n)``; anything that is not an integer is refused, not coerced.
+
+    ``int(1.9)`` would silently pick prompt 1 and ``int("3")`` or ``int(True)`` hide a caller's bug,
+    so only Python/NumPy integers (not bools) pass.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer in [0, {n}), got {value!r:.40} ({type(value).__name__})")
+    if not 0 <= value < n:
+        raise ValueError(f"{name} must be an integer in [0, {n}), got {int(value)}")
+    return int(value)
+
+
+def resolve_stop_ids(tokenizer: PreTrainedTokenizerBase, stop_token_ids: int | Iterable[int] | None) -> np.ndarray:
+    """The sorted ids that end an episode: ``stop_token_ids`` (default: the tokenizer's end tokens), plus pad.
+
+    Pad is always a stop: it is never content (tokengym's samplers never choose it), and an env that
+    receives it from another client (``action_space.sample()`` can draw it) ends the episode instead of
+    appending a token that neither stops nor shows in the scored text.
+    """
+    vocab = len(tokenizer)
+    if stop_token_ids is None:
+        ids = list(default_stop_token_ids(tokenizer))
+    elif isinstance(stop_token_ids, (int, np.integer)):  # a generation config's single eos_token_id
+        ids = [stop_token_ids]
+    else:
+        ids = list(stop_token_ids)
+    if not ids:
+        raise ValueError("stop_token_ids must hold at least one token id")
+    for i in ids:
+        check_index(i, vocab, "each of stop_token_ids")
+    return np.unique(np.asarray([*ids, tokenizer.pad_token_id], dtype=np.int64))
 
 
 def validate_actions(actions: Any, n: int, vocab_size: int) -> np.ndarray:
@@ -46,6 +80,7 @@ class EpisodeBatch:
         max_prompt_tokens: int,
         max_new_tokens: int,
         chat_template: bool | str = False,
+        stop_token_ids: int | Iterable[int] | None = None,
     ) -> None:
         if max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
@@ -57,6 +92,7 @@ class EpisodeBatch:
         self.chat_template = chat_template
         self.pad_id = int(tokenizer.pad_token_id)
         self.eos_id = int(tokenizer.eos_token_id)
+        self.stop_ids = resolve_stop_ids(tokenizer, stop_token_ids)
         self.ids = np.full((n, self.P + self.T), self.pad_id, dtype=np.int64)
         self.mask = np.zeros((n, self.P + self.T), dtype=np.int64)
         self.lengths = np.zeros(n, dtype=np.int64)
@@ -107,8 +143,8 @@ class EpisodeBatch:
         self.lengths[rows] += 1
         terminated = np.zeros(self.n, dtype=bool)
         truncated = np.zeros(self.n, dtype=bool)
-        terminated[rows] = actions[rows] == self.eos_id
-        # An EOS chosen at the last allowed step terminates; it does not also truncate.
+        terminated[rows] = np.isin(actions[rows], self.stop_ids)
+        # A stop token chosen at the last allowed step terminates; it does not also truncate.
         truncated[rows] = (self.lengths[rows] >= self.T) & ~terminated[rows]
         self.done |= terminated | truncated
         return terminated, truncated
@@ -120,7 +156,7 @@ class EpisodeBatch:
         if self.final_texts[row] is not None:
             return self.final_texts[row]
         ids = self.response_ids(row)
-        if len(ids) and ids[-1] == self.eos_id:
+        if len(ids) and ids[-1] in self.stop_ids:
             ids = ids[:-1]  # the stop token is an action, not part of the scored text (checklist 8)
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Iterable
 
 import gymnasium as gym
 import numpy as np
@@ -13,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from tokengym.models import load_tokenizer, prepare_tokenizer
 from tokengym.rewards import RewardFunction, resolve_reward
 
-from .episodes import EpisodeBatch, validate_actions
+from .episodes import EpisodeBatch, check_index, validate_actions
 from .prompts import PromptSource, load_prompts
 
 
@@ -42,6 +43,7 @@ class TextTask:
     def _init_task(
         self, n: int, model: Any, tokenizer: PreTrainedTokenizerBase | None, reward: Any, gold_reward: Any,
         prompts: Any, split: str | None, max_new_tokens: int, max_prompt_tokens: int, chat_template: bool | str,
+        stop_token_ids: int | Iterable[int] | None = None,
     ) -> None:
         self.model_spec = model
         self.tokenizer = resolve_tokenizer(model, tokenizer)
@@ -50,9 +52,15 @@ class TextTask:
         self.prompts: PromptSource = load_prompts(prompts, split=split)
         self.vocab_size = len(self.tokenizer)
         self._ep = EpisodeBatch(
-            self.tokenizer, self.reward, self.gold_reward, n, max_prompt_tokens, max_new_tokens, chat_template
+            self.tokenizer, self.reward, self.gold_reward, n, max_prompt_tokens, max_new_tokens, chat_template,
+            stop_token_ids,
         )
         self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Sorted ids that end an episode (``terminated=True``): the stop set plus the pad id."""
+        return tuple(int(i) for i in self._ep.stop_ids)
 
 
 class TextGenerationEnv(TextTask, gym.Env):
@@ -62,18 +70,25 @@ class TextGenerationEnv(TextTask, gym.Env):
     * **Observation space** ``Dict(input_ids=Box(int64, (P+T,)), attention_mask=Box(int64, (P+T,)))``:
       the prompt left-padded in columns ``[0, P)`` and the response right-padded in ``[P, P+T)``
       (``P = max_prompt_tokens``, ``T = max_new_tokens``); the mask is 1 on real tokens.
-    * **Episode end**: ``terminated=True`` when the EOS token is chosen (the EOS stays in the
-      response as an action), ``truncated=True`` after ``max_new_tokens`` tokens without EOS.
+    * **Episode end**: ``terminated=True`` when a stop token is chosen (it stays in the response
+      as an action), ``truncated=True`` after ``max_new_tokens`` tokens without one. The stop set
+      is ``stop_token_ids`` (default: EOS and the tokenizer's other end markers, e.g. SmolLM2's
+      ``<|im_end|>`` and ``<|endoftext|>``) plus the pad id: pad stays inside the action space (a
+      Discrete space has no holes, and ``action_space.sample()`` may draw it), tokengym's samplers
+      never choose it, and a client that sends it ends the episode.
     * **Reward**: 0 on every step but the last, which pays ``reward(prompt, response)``; the
-      response is decoded without the EOS. ``gold_reward``, if given, is an evaluation-only judge
+      response is decoded without the stop token. ``gold_reward``, if given, is an evaluation-only judge
       reported in ``info["gold_score"]`` (to watch reward over-optimisation), never paid.
     * **info** at the end: ``prompt_text``, ``response_text``, ``prompt_id``, ``score``,
       ``gold_score``, ``reward_name``, ``gold_name``, ``stopped``, ``num_tokens``.
 
     ``reset(seed=..., options={"prompt_index": i})`` or ``options={"prompt": "text"}`` pins a prompt.
+
+    ``render_mode``: ``"ansi"`` returns ``"prompt ▸ response"``; ``"rgb_array"`` (what SB3's
+    ``make_vec_env`` asks for) draws that text into a fixed-size ``(H, W, 3)`` uint8 image.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -87,11 +102,15 @@ class TextGenerationEnv(TextTask, gym.Env):
         max_prompt_tokens: int = 64,
         chat_template: bool | str = False,
         render_mode: str | None = None,
+        stop_token_ids: int | Iterable[int] | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
-        self._init_task(1, model, tokenizer, reward, gold_reward, prompts, split, max_new_tokens, max_prompt_tokens, chat_template)
+        self._init_task(
+            1, model, tokenizer, reward, gold_reward, prompts, split, max_new_tokens, max_prompt_tokens, chat_template,
+            stop_token_ids,
+        )
         self.action_space = spaces.Discrete(self.vocab_size)
         self.observation_space = observation_space(self.vocab_size, max_prompt_tokens + max_new_tokens)
         self._started = False
@@ -101,7 +120,11 @@ class TextGenerationEnv(TextTask, gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
-        options = options or {}
+        options = {} if options is None else options
+        if not isinstance(options, Mapping):
+            raise ValueError(f"options must be a dict or None, got {type(options).__name__}")
+        if "prompt" in options and "prompt_index" in options:
+            raise ValueError("options['prompt'] and options['prompt_index'] both pin a prompt; give one")
         if "prompt" in options:
             # A pinned prompt text is added to the source once, so it is scored like any other item.
             text = options["prompt"]
@@ -109,10 +132,7 @@ class TextGenerationEnv(TextTask, gym.Env):
                 raise ValueError(f"options['prompt'] must be a non-empty string, got {text!r:.60}")
             item = {"prompt": text, "id": "pinned"}
         elif "prompt_index" in options:
-            index = int(options["prompt_index"])
-            if not 0 <= index < len(self.prompts):
-                raise ValueError(f"prompt_index {index} outside [0, {len(self.prompts)})")
-            item = self.prompts[index]
+            item = self.prompts[check_index(options["prompt_index"], len(self.prompts), "options['prompt_index']")]
         else:
             item = self.prompts[self.prompts.sample_index(self.np_random)]
         self._ep.start(0, item)
@@ -150,9 +170,12 @@ class TextGenerationEnv(TextTask, gym.Env):
     def response_text(self) -> str:
         return self._ep.response_text(0)
 
-    def render(self) -> str | None:
-        if self.render_mode != "ansi":
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode is None:
             return None
-        if not self._started:
-            return ""
-        return f"{self.prompt_text} ▸ {self.response_text}"
+        text = f"{self.prompt_text} ▸ {self.response_text}" if self._started else ""
+        if self.render_mode == "ansi":
+            return text
+        from .render import text_image
+
+        return text_image(text)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -146,8 +147,11 @@ class LearnedReward(RewardFunction):
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"reward 'learned': {self.path} is not a Hugging Face model folder (no config.json)")
+        from tokengym.models import quiet_loading
+
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path).to(device).float().eval()
+        with quiet_loading():  # a saved reward model is complete: a LOAD REPORT here would be real news
+            self.model = AutoModelForSequenceClassification.from_pretrained(self.path).to(device).float().eval()
         if self.model.config.num_labels != 1:
             raise ValueError(f"reward 'learned': {self.path} has {self.model.config.num_labels} labels; a reward model has 1")
         _prepare_tokenizer(self.tokenizer, self.model)
@@ -196,14 +200,23 @@ def new_reward_model(base: str | os.PathLike | None = None, seed: int | None = N
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tokengym.models import default_encoder_dir, resolve_model_path
+    from tokengym.models import default_encoder_dir, quiet_loading, resolve_model_path
 
     path = default_encoder_dir() if base is None else resolve_model_path(base)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if seed is not None:
         torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    # The base checkpoint has no scalar head, so transformers reports it MISSING on every build; that
+    # report is expected and hidden, and any other missing weight is reported here instead.
+    with quiet_loading(hide_report=True):
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=torch.float32, output_loading_info=True
+        )
     head = scalar_head(model)
+    head_names = {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
+    others = sorted(set(loading.get("missing_keys", ())) - head_names)
+    if others:
+        warnings.warn(f"reward model base {path}: weights missing from the checkpoint, newly initialised: {others[:8]}", stacklevel=2)
     with torch.no_grad():
         torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(head.in_features + 1))
         if head.bias is not None:

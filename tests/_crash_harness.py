@@ -41,6 +41,7 @@ import traceback
 from pathlib import Path
 
 import tokengym  # noqa: F401
+import tokengym.utils
 from tokengym.agents import PPOAgent, PPOConfig
 from tokengym.envs import BatchedTextEnv
 from tokengym.models import make_tiny_causal_lm
@@ -49,6 +50,10 @@ from tokengym.testing import TOY_PROMPTS, make_toy_tokenizer
 N_ENVS, T, P = 4, 4, 4
 RANDOM_POINTS = ("rollout", "update", "ckpt_write", "ckpt_swap", "ckpt_cleanup")
 CHECKPOINT_FILES = {"policy.safetensors", "value_head.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json"}
+# Folders tokengym writes carry its marker file (tokengym.utils), checkpoints included.
+_MARKER = getattr(tokengym.utils, "MARKER", None)
+if _MARKER:
+    CHECKPOINT_FILES.add(_MARKER)
 
 
 def good_share(prompt: str, response: str) -> float:

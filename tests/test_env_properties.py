@@ -16,6 +16,7 @@ from tokengym.testing import TOY_PROMPTS, make_toy_tokenizer
 TOK = make_toy_tokenizer()  # module level: hypothesis re-runs the test body, not fixtures
 VOCAB = len(TOK)
 EOS, PAD = TOK.eos_token_id, TOK.pad_token_id
+STOPS = {EOS, PAD}  # the toy tokenizer's stop set: its EOS, and pad, which always ends an episode
 PROPS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -28,8 +29,8 @@ def single_env(T: int, P: int) -> TextGenerationEnv:
                              max_prompt_tokens=P)
 
 
-# Actions are drawn with EOS over-represented, so short and long episodes both occur.
-actions = st.one_of(st.just(EOS), st.integers(0, VOCAB - 1))
+# Actions are drawn with the stop tokens over-represented, so short and long episodes both occur.
+actions = st.one_of(st.sampled_from(sorted(STOPS)), st.integers(0, VOCAB - 1))
 
 
 def check_row(ids: np.ndarray, mask: np.ndarray, P: int, T: int) -> int:
@@ -49,6 +50,7 @@ def check_row(ids: np.ndarray, mask: np.ndarray, P: int, T: int) -> int:
        steps=st.lists(actions, min_size=1, max_size=30))
 def test_single_env_valid_actions_keep_observations_in_space(seed, T, P, steps):
     env = single_env(T, P)
+    assert set(env.stop_token_ids) == STOPS
     obs, info = env.reset(seed=seed)
     assert env.observation_space.contains(obs) and check_row(obs["input_ids"], obs["attention_mask"], P, T) == 0
     length = 0
@@ -59,8 +61,8 @@ def test_single_env_valid_actions_keep_observations_in_space(seed, T, P, steps):
         assert env.observation_space.contains(obs)
         assert check_row(obs["input_ids"], obs["attention_mask"], P, T) == length <= T
         assert not (terminated and truncated)
-        assert terminated == (a == EOS)  # EOS ends the episode, also at the last step
-        assert truncated == (length == T and a != EOS)  # max_new_tokens ends it otherwise
+        assert terminated == (a in STOPS)  # a stop token ends the episode, also at the last step
+        assert truncated == (length == T and a not in STOPS)  # max_new_tokens ends it otherwise
         if terminated or truncated:
             assert np.isfinite(reward) and info["num_tokens"] == length and info["stopped"] == terminated
             with pytest.raises(RuntimeError, match="reset"):
@@ -125,7 +127,7 @@ def test_batched_env_keeps_the_invariants_row_by_row(seed, n, T, P, mode, data):
                 assert not terminated[i] and not truncated[i]
             elif active[i]:
                 lengths[i] += 1
-                assert terminated[i] == (act[i] == EOS) and truncated[i] == (lengths[i] == T and act[i] != EOS)
+                assert terminated[i] == (act[i] in STOPS) and truncated[i] == (lengths[i] == T and act[i] not in STOPS)
             else:  # a finished row stays finished and unchanged (DISABLED)
                 assert not terminated[i] and not truncated[i] and rewards[i] == 0
             assert check_row(obs["input_ids"][i], obs["attention_mask"][i], P, T) == lengths[i] <= T

@@ -57,9 +57,15 @@ def test_perfect_annotator_and_reproducibility(tmp_path: Path) -> None:
     assert _gold_agreement(store, "perfect") == 1.0
     sim.label_pairs([SimulatedAnnotator("again", 0.8, seed=5), SimulatedAnnotator("again2", 0.8, seed=5)], pairs)
     first = [c.outcome for c in store.comparisons(store.annotator_id("again"))]
+    before = store.counts()
+    # Same seed, name and items -> the same labels: the store keeps one judgement per annotator and
+    # pair, so repeating them adds nothing (a different label would be refused as a duplicate).
     sim.label_pairs([SimulatedAnnotator("again", 0.8, seed=5)], pairs)
-    second = [c.outcome for c in store.comparisons(store.annotator_id("again"))][len(first):]
-    assert first == second  # same seed, name and items -> same labels
+    assert store.counts() == before
+    assert [c.outcome for c in store.comparisons(store.annotator_id("again"))] == first
+    other = _store(tmp_path / "other.sqlite")  # a fresh store gets them again, label for label
+    LabelSimulator(other, judge, seed=2).label_pairs([SimulatedAnnotator("again", 0.8, seed=5)], pairs)
+    assert [c.outcome for c in other.comparisons(other.annotator_id("again"))] == first
 
 
 def test_disagreement_knob_moves_agreement_not_accuracy(tmp_path: Path) -> None:

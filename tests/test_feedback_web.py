@@ -168,3 +168,49 @@ def test_killed_server_keeps_every_submitted_judgement(tmp_path: Path) -> None:
     assert conn.execute("SELECT candidate_a, candidate_b, outcome FROM comparisons ORDER BY id").fetchall() == [
         (7, 8, "a"), (7, 9, "tie")]
     conn.close()
+
+
+def test_page_sends_one_answer_per_task_and_hides_compare_buttons_outside_compare(tmp_path: Path) -> None:
+    """Keys pressed while a submission is in flight are ignored (the server here answers slowly, so
+    they certainly are in flight): "a" then "b" stores one comparison, Enter twice one set of scores."""
+    import time
+
+    store = small_store(tmp_path / "fb.sqlite")
+    queue = TaskQueue(store, store.add_annotator("gina"))
+    for name in ("submit_scores", "submit_comparison"):
+        real = getattr(queue, name)
+        setattr(queue, name, lambda *a, _real=real, **kw: (time.sleep(0.4), _real(*a, **kw))[1])
+    srv = LabelServer(store, queue, "gina", port=0).start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(**CHROMIUM)
+            page = browser.new_page()
+            page.goto(srv.url)
+            expect(page.locator("#progress")).to_have_text("0 / 2 done")
+            # score mode: the compare buttons are not shown, the submit button is
+            expect(page.locator("#btn-a")).to_be_hidden()
+            expect(page.locator("#compare-actions")).to_be_hidden()
+            expect(page.locator("#submit")).to_be_visible()
+            for key in ("6", "2", "4"):
+                page.keyboard.press(key)
+            page.keyboard.press("Enter")
+            page.keyboard.press("Enter")  # while the first is in flight
+            expect(page.locator("#submit")).to_be_disabled()
+            expect(page.locator("#progress")).to_have_text("1 / 2 done")
+            expect(page.locator("#submit")).to_be_enabled()
+
+            page.keyboard.press("c")
+            expect(page.locator("#tab-compare")).to_have_class("tab active")
+            expect(page.locator("#submit")).to_be_hidden()
+            expect(page.locator("#btn-a")).to_be_visible()
+            page.keyboard.press("a")
+            page.keyboard.press("b")  # quickly after: ignored, not a second (contradicting) answer
+            expect(page.locator("#progress")).to_have_text("1 / 6 done")
+            expect(page.locator("#btn-b")).to_be_enabled()
+            expect(page.locator("#status")).to_have_text("Saved.")
+            browser.close()
+    finally:
+        srv.stop()
+    assert [(s.candidate_id, s.value) for s in store.scores(history=True)] == [(1, 6.0), (2, 2.0), (3, 4.0)]
+    assert [(c.candidate_a, c.candidate_b, c.outcome) for c in store.comparisons(history=True)] == [(1, 2, "a")]
+    store.close()

@@ -174,3 +174,59 @@ def test_a_policy_that_masks_tokens_with_minus_inf_trains(toy_tok, ent_coef):
         for _ in range(2):
             m = agent.step()
     assert math.isfinite(m["entropy"]) and m["entropy"] > 0 and m["skipped_minibatches"] == 0
+
+
+def test_grpo_k3_kl_loss_stays_finite_where_a_peaked_policy_rules_out_the_pad_token(toy_tok):
+    """GRPO's k3 term exp(ref - logp) at a pad position: a peaked policy (temperature 0.02) gives
+    log-probs far below -88 there, where exp overflows float32. Masking after the exponential gave
+    inf * 0 = NaN, a skipped minibatch, and after three of them a stopped run; the mask now comes first."""
+    from tokengym.agents import GRPOAgent, GRPOConfig, RolloutBatch, kl_per_token
+    from tokengym.agents.policy import response_forward, token_logprobs
+
+    _, model = make_tiny_causal_lm(toy_tok, hidden=16, n_layers=1, n_heads=2, seed=0)
+    with torch.no_grad():  # sharpen the near-uniform random model: with temperature 0.02 logits span hundreds
+        model.model.norm.weight.mul_(30.0)
+    env = BatchedTextEnv(4, tokenizer=toy_tok, reward=lambda p, r: 0.0, prompts=TOY_PROMPTS, split=None,
+                         max_new_tokens=4, max_prompt_tokens=4)
+    agent = GRPOAgent(env, model, GRPOConfig(batch_size=4, group_size=2, temperature=0.02, kl_coef=0.1,
+                                             learning_rate=1e-2, anneal_lr=False, sample_every=0))
+    # Two groups of two; responses of 1..4 tokens, so three rows end in pad positions.
+    g = torch.Generator().manual_seed(0)
+    P, T, lengths = 4, 4, [1, 4, 2, 3]
+    prompt_ids = torch.randint(4, len(toy_tok), (4, P), generator=g)
+    prompt_ids[2:] = prompt_ids[0]  # a group shares its prompt
+    prompt_ids[1], prompt_ids[3] = prompt_ids[0], prompt_ids[0]
+    response_ids = torch.full((4, T), toy_tok.pad_token_id)
+    response_mask = torch.zeros(4, T)
+    for i, n in enumerate(lengths):
+        response_ids[i, :n] = torch.randint(4, len(toy_tok), (n,), generator=g)
+        response_mask[i, :n] = 1
+    batch = RolloutBatch(
+        prompt_ids=prompt_ids, prompt_mask=torch.ones(4, P, dtype=torch.long), response_ids=response_ids,
+        response_mask=response_mask, sample_logprobs=torch.zeros(4, T), scores=torch.tensor([0.0, 1.0, 0.5, 0.2]),
+        stopped=torch.zeros(4, dtype=torch.bool), prompt_texts=["x"] * 4, response_texts=[""] * 4,
+        prompt_ids_str=[0, 0, 0, 0],
+    )
+    exp = agent._make_experience(batch)
+    idx = torch.arange(4)
+    with torch.no_grad():
+        logp = agent._evaluate(exp, idx)["logp"]
+    pad = response_mask == 0
+    assert (logp[pad] < -88).all()  # the premise: here exp(-log_ratio) overflows
+    # It holds for the peaked policy itself, not only because the pad token is excluded from the actions.
+    with torch.no_grad():
+        logits, _ = response_forward(agent.ac.policy, batch.input_ids, batch.attention_mask, P, 0.02)
+        with_pad = token_logprobs(logits, response_ids, len(toy_tok), entropy=None)[0]
+    assert (with_pad[pad] < -88).all()
+    with torch.no_grad():
+        unmasked = kl_per_token(logp, exp.ref_logprobs, "k3")
+    assert not torch.isfinite(unmasked * response_mask).all()  # what the old order computed
+    loss, out = agent._loss(exp, idx, response_mask.sum())
+    assert torch.isfinite(loss) and torch.isfinite(out["kl_loss"]) and out["kl_loss"].item() == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in agent.ac.trainable_parameters() if p.grad is not None)
+    agent.optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a skipped minibatch would warn
+        stats = agent._update(exp)
+    assert stats["skipped_minibatches"] == 0.0 and math.isfinite(stats["kl_loss"])

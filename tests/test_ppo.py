@@ -197,7 +197,8 @@ def test_old_logprobs_and_values_come_from_the_rollout_without_another_forward(t
         lp, _, v = evaluate(batch.input_ids, batch.attention_mask, env.max_prompt_tokens, temperature, with_entropy=None)
     m = batch.response_mask
     assert m.sum() > 0 and (v * m).abs().max() > 0.05
-    torch.testing.assert_close(exp.old_logprobs, lp * m, atol=1e-5, rtol=0)
+    # where, not a product: the pad token is no action, so a pad position's log-prob is -inf (and -inf * 0 is NaN)
+    torch.testing.assert_close(exp.old_logprobs, torch.where(m.bool(), lp, 0.0), atol=1e-5, rtol=0)
     torch.testing.assert_close(exp.old_values, v * m, atol=1e-5, rtol=0)
     assert exp.kl.abs().max() < 1e-5  # policy == reference
     agent.config.recompute_old_logprobs = True
@@ -251,11 +252,11 @@ def test_sampled_k1_kl_is_about_zero_when_policy_equals_reference(toy_tok, make_
     for seed in range(4):
         b = agent.sampler.rollout(env, seed=seed)
         ref = agent.ac.reference_logprobs(b.input_ids, b.attention_mask, env.max_prompt_tokens, 0.8)
-        sums += (kl_per_token(b.sample_logprobs, ref, "k1") * b.response_mask).sum().item()
+        sums += kl_per_token(b.sample_logprobs, ref, "k1", mask=b.response_mask).sum().item()
         count += b.response_mask.sum().item()
         # Sanity: scoring the reference at another temperature is detected by the same estimate.
         ref_t1 = agent.ac.reference_logprobs(b.input_ids, b.attention_mask, env.max_prompt_tokens, 1.0)
-        mismatched += (kl_per_token(b.sample_logprobs, ref_t1, "k1") * b.response_mask).sum().item()
+        mismatched += kl_per_token(b.sample_logprobs, ref_t1, "k1", mask=b.response_mask).sum().item()
     assert count > 1000
     assert abs(sums / count) < 1e-5
     assert abs(mismatched / count) > 0.02, mismatched / count
@@ -534,7 +535,13 @@ def test_config_and_agent_guards(toy_tok, smol_tok, make_toy_lm):
 # Learning
 # ----------------------------------------------------------------------------------------------
 def test_ppo_learns_to_say_good(toy_tok, make_toy_lm):
-    """Reward = share of "good" in the response: from ~0.03 (chance 1/43) to > 0.5 within 40 iterations."""
+    """Reward = share of "good" in the response: from ~0.03 (chance 1/43) to > 0.5 within 40 iterations.
+
+    The loop stops as soon as the mean of the last 5 scores passes the bar, so the test does not hinge
+    on one trajectory's score after a fixed count (a CPU with other float rounding follows another
+    trajectory). Measured over 16 seeds (model init and agent seed; torch threads 1 and 2 gave the same
+    runs): the bar was passed at iterations 13-21, so the cap of 40 is about twice the slowest run.
+    """
     env = BatchedTextEnv(16, tokenizer=toy_tok, reward=good_share, prompts=TOY_PROMPTS, split=None, max_new_tokens=8, max_prompt_tokens=4)
     config = PPOConfig(
         batch_size=16, minibatch_size=8, micro_batch_size=8, learning_rate=3e-3, kl_coef=0.01, adaptive_kl=False,

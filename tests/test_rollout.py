@@ -9,7 +9,7 @@ import torch
 
 from tokengym.agents import CachedSampler
 from tokengym.agents.policy import ValueHead, response_forward, token_logprobs
-from tokengym.agents.rollout import position_ids_from_mask
+from tokengym.agents.rollout import mask_pad_logits, position_ids_from_mask
 from tokengym.envs import BatchedTextEnv
 from tokengym.rewards import batched
 
@@ -37,11 +37,12 @@ def greedy_rollout(model, env, indices):
     return CachedSampler(model, greedy=True).rollout(env, options={"prompt_indices": list(indices)})
 
 
-def generate_like_env(model, batch, T, pad_id):
-    """``model.generate(do_sample=False)`` on the same left-padded prompts, right-padded to T columns."""
+def generate_like_env(model, batch, T, pad_id, stop_ids):
+    """``model.generate(do_sample=False)`` on the same left-padded prompts, right-padded to T columns,
+    stopping on the env's stop set and never emitting pad (the sampler masks it)."""
     out = model.generate(
         input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, max_new_tokens=T, do_sample=False,
-        pad_token_id=pad_id, eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=pad_id, eos_token_id=list(stop_ids), suppress_tokens=[pad_id],
     )
     resp = out[:, batch.prompt_ids.shape[1] :]
     if resp.shape[1] < T:  # generate stops early when every row has ended
@@ -86,7 +87,7 @@ def test_greedy_rollout_equals_generate_with_eos_and_padding(eos_model, toy_tok)
     assert len(set(b.prompt_mask.sum(1).tolist())) >= 4
     # EOS happens in some rows but not all.
     assert b.stopped.any() and not b.stopped.all(), (arch, b.stopped)
-    expected = generate_like_env(model, b, T, pad)
+    expected = generate_like_env(model, b, T, pad, env.stop_token_ids)
     torch.testing.assert_close(b.response_ids, expected, rtol=0, atol=0)
     for i in range(len(b)):
         L = int(b.lengths[i])
@@ -117,9 +118,11 @@ def test_cached_logprobs_and_values_equal_a_full_forward(eos_model, toy_tok):
         )
         with torch.no_grad():
             logits, hidden = response_forward(model, b.input_ids, b.attention_mask, env.max_prompt_tokens, temperature, True)
-            logp, ent = token_logprobs(logits, b.response_ids, env.vocab_size)
+            # The sampled distribution has no pad: the full forward scores it with the same mask.
+            logp, ent = token_logprobs(mask_pad_logits(logits, env.pad_token_id), b.response_ids, env.vocab_size)
+            logp = logp.masked_fill(b.response_mask == 0, 0.0)  # padding columns hold pad, at -inf
             values = head(hidden)
-        torch.testing.assert_close(b.sample_logprobs, logp * b.response_mask, atol=1e-5, rtol=0)
+        torch.testing.assert_close(b.sample_logprobs, logp, atol=1e-5, rtol=0)
         assert (b.sample_logprobs[b.response_mask == 0] == 0).all()
         assert (values * b.response_mask).abs().max() > 0.1
         torch.testing.assert_close(b.values, values * b.response_mask, atol=1e-5, rtol=0)
@@ -136,7 +139,7 @@ def test_greedy_rollout_equals_generate_smollm2_tokenizer(smol_tiny_llama):
     env = make_env(tok, prompts, T=T, P=12)
     b = greedy_rollout(model, env, range(len(prompts)))
     assert len(set(b.prompt_mask.sum(1).tolist())) == len(prompts)
-    torch.testing.assert_close(b.response_ids, generate_like_env(model, b, T, tok.pad_token_id), rtol=0, atol=0)
+    torch.testing.assert_close(b.response_ids, generate_like_env(model, b, T, tok.pad_token_id, env.stop_token_ids), rtol=0, atol=0)
 
 
 def test_more_episodes_than_prompts_and_repeated_prompts_agree(eos_model, toy_tok):
@@ -218,7 +221,7 @@ def test_seeded_sampling_is_reproducible(toy_lm, toy_tok):
 
 
 def test_sampler_draws_from_the_tempered_policy_distribution(toy_tok, untied_lm):
-    """Checklist 5/6: tokens come from softmax(logits / temperature), no top-k/top-p."""
+    """Checklist 5/6: tokens come from softmax(logits / temperature) without pad, no top-k/top-p."""
     model = untied_lm(toy_tok, "llama", seed=3)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(60.0)  # a peaked distribution, so temperature matters
@@ -227,29 +230,69 @@ def test_sampler_draws_from_the_tempered_policy_distribution(toy_tok, untied_lm)
     b = CachedSampler(model, temperature=temperature).rollout(env, seed=0)
     with torch.no_grad():
         ids = torch.tensor([toy_tok("the movie was")["input_ids"]])
-        probs = torch.softmax(model(input_ids=ids).logits[0, -1, : len(toy_tok)] / temperature, -1)
+        logits = model(input_ids=ids).logits[0, -1, : len(toy_tok)]
+        probs = torch.softmax(mask_pad_logits(logits / temperature, env.pad_token_id), -1)
     assert 0.02 < probs.max() < 0.9  # neither flat nor one-hot: the check below can tell apart temperatures
     counts = torch.bincount(b.response_ids[:, 0], minlength=len(toy_tok)).double() / n
     tv = 0.5 * (counts - probs.double()).abs().sum().item()
     assert tv < 0.05, tv
-    probs_t1 = torch.softmax(model(input_ids=ids).logits[0, -1, : len(toy_tok)].detach(), -1)
+    probs_t1 = torch.softmax(mask_pad_logits(logits, env.pad_token_id), -1)
     assert 0.5 * (probs_t1 - probs).abs().sum().item() > 0.1  # a wrong temperature would fail the tv check
 
 
-def test_sampler_does_not_silently_mix_autoreset_episodes(toy_lm, toy_tok):
-    """With NEXT_STEP autoreset the env restarts a finished row mid-rollout, behind the sampler's KV cache.
-    The sampler must either refuse such an env or return a consistent batch. BUG at the time of writing:
-    it returns rows whose ``stopped`` flag, prompt and response come from different episodes
-    (e.g. stopped=True but no EOS in the response)."""
+def test_pad_is_never_sampled_even_where_the_model_prefers_it(toy_tok, untied_lm):
+    """Pad is padding, not an action: with its logit far above every other, neither sampling nor the
+    argmax picks it, and the recorded log-probs are those of the distribution without pad."""
+    model = untied_lm(toy_tok, "llama", seed=1)
+    pad = toy_tok.pad_token_id
+    bump = torch.zeros(len(toy_tok))
+    bump[pad] = 30.0  # unless masked, pad takes ~all the mass
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out + bump)
+    env = make_env(toy_tok, TOY_PROMPTS_UNEQUAL, n=64, T=4, P=8)
+    ids = torch.tensor([toy_tok("the movie was")["input_ids"]])
+    with torch.no_grad():
+        assert torch.softmax(model(input_ids=ids).logits[0, -1], -1)[pad] > 0.99  # the model really prefers pad
+    for greedy in (False, True):
+        b = CachedSampler(model, greedy=greedy).rollout(env, seed=0)
+        real = b.response_mask.bool()
+        assert not (b.response_ids[real] == pad).any()
+        assert torch.isfinite(b.sample_logprobs).all() and torch.isfinite(b.entropy).all()
+        assert (b.sample_logprobs[real] > -30).all()  # renormalised without pad, not log(tiny)
+
+
+def test_sampler_disables_autoreset_for_the_rollout_and_restores_it(toy_lm, toy_tok):
+    """An env made with NEXT_STEP autoreset (Gymnasium's default, and make_vec's) would restart a
+    finished row mid-rollout, behind the sampler's KV cache. The sampler disables it for the rollout:
+    every row is one consistent episode, and the env autoresets again afterwards."""
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode
+
     _, model = toy_lm
-    env = make_env(toy_tok, ["the movie was", "good"], n=8, T=6, P=4, autoreset_mode="NextStep")
-    try:
-        b = CachedSampler(model).rollout(env, seed=0)
-    except (ValueError, RuntimeError) as e:
-        assert "autoreset" in str(e).lower()
-        return
-    eos = toy_tok.eos_token_id
-    for i in range(len(b)):
-        L = int(b.lengths[i])
-        assert bool(b.stopped[i]) == (L > 0 and int(b.response_ids[i, L - 1]) == eos), i
-        assert b.prompt_ids[i][b.prompt_mask[i].bool()].tolist() == toy_tok(b.prompt_texts[i])["input_ids"], i
+    env = make_env(toy_tok, ["the movie was", "good"], n=8, T=6, P=4)
+    assert env.autoreset_mode == AutoresetMode.NEXT_STEP  # the default
+    wrapped = gym.wrappers.vector.RecordEpisodeStatistics(env)
+    for target in (env, wrapped):
+        b = CachedSampler(model).rollout(target, seed=0)
+        assert env.autoreset_mode == AutoresetMode.NEXT_STEP
+        assert b.stopped.any() and not b.stopped.all()  # rows ended at different steps
+        for i in range(len(b)):
+            L = int(b.lengths[i])
+            assert bool(b.stopped[i]) == (L > 0 and int(b.response_ids[i, L - 1]) in env.stop_token_ids), i
+            assert L == int(b.response_mask[i].sum()) and (b.response_ids[i, L:] == toy_tok.pad_token_id).all()
+            assert b.prompt_ids[i][b.prompt_mask[i].bool()].tolist() == toy_tok(b.prompt_texts[i])["input_ids"], i
+    # The same rollout as on an env made without autoreset.
+    plain = make_env(toy_tok, ["the movie was", "good"], n=8, T=6, P=4, autoreset_mode="Disabled")
+    c = CachedSampler(model).rollout(plain, seed=0)
+    assert torch.equal(b.response_ids, c.response_ids) and plain.autoreset_mode == AutoresetMode.DISABLED
+    # After a rollout the NEXT_STEP env restarts its finished rows on the next step.
+    env.step(np.zeros(8, dtype=np.int64))
+    assert env.active.all() and (env.response_lengths == 0).all()
+
+
+def test_sampler_refuses_a_vector_env_of_single_envs(toy_lm, toy_tok):
+    import gymnasium as gym
+
+    venv = gym.make_vec("tokengym/TextGeneration-v0", num_envs=2, vectorization_mode="sync", tokenizer=toy_tok,
+                        reward=zero_reward, max_new_tokens=2)
+    with pytest.raises(TypeError, match="BatchedTextEnv"):
+        CachedSampler(toy_lm[1]).rollout(venv, seed=0)

@@ -178,6 +178,7 @@ def evaluate(policy: Any, reference: Any, tok: Any, kwargs: dict[str, Any], n: i
     """One sampled response per held-out prompt: proxy score, gold score, summed KL to the reference."""
     import torch
 
+    from tokengym.agents.advantages import where_mask
     from tokengym.agents.kl import kl_per_token
     from tokengym.agents.policy import response_forward, token_logprobs
     from tokengym.agents.rollout import CachedSampler
@@ -193,10 +194,12 @@ def evaluate(policy: Any, reference: Any, tok: Any, kwargs: dict[str, Any], n: i
     with torch.inference_mode():
         for s in range(0, n, 8):
             ids, attn = batch.input_ids[s : s + 8], batch.attention_mask[s : s + 8]
-            lp = token_logprobs(response_forward(policy, ids, attn, P, 1.0)[0], ids[:, P:], env.vocab_size)[0]
-            rlp = token_logprobs(response_forward(reference, ids, attn, P, 1.0)[0], ids[:, P:], env.vocab_size)[0]
-            kl.append((kl_per_token(lp, rlp, "k3") * mask[s : s + 8]).sum(1))
-            kl_k1.append(((lp - rlp) * mask[s : s + 8]).sum(1))
+            pad = env.pad_token_id  # both distributions without pad, as the sampler draws them
+            lp = token_logprobs(response_forward(policy, ids, attn, P, 1.0)[0], ids[:, P:], env.vocab_size, pad_id=pad)[0]
+            rlp = token_logprobs(response_forward(reference, ids, attn, P, 1.0)[0], ids[:, P:], env.vocab_size, pad_id=pad)[0]
+            m = mask[s : s + 8]  # selected, not multiplied: log-probs of pad positions are -inf
+            kl.append(kl_per_token(lp, rlp, "k3", mask=m).sum(1))
+            kl_k1.append(where_mask(lp - rlp, m).sum(1))
     return {
         "score": float(batch.scores.mean()),
         "gold_score": float(batch.gold_scores.mean()) if batch.gold_scores is not None else math.nan,

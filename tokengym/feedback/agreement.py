@@ -115,7 +115,8 @@ def krippendorff_alpha(labels: Labels, level: Literal["nominal", "interval"] = "
 def store_labels(
     store: FeedbackStore, kind: Literal["compare", "rank", "score"], annotators: Sequence[str] | None = None
 ) -> dict[str, dict[Hashable, Hashable]]:
-    """``{annotator name: {item: label}}`` for one judgement kind (the last judgement of an item wins)."""
+    """``{annotator name: {item: label}}`` for one judgement kind (each annotator's current judgement of
+    an item; revised ones count in their latest form)."""
     names = {a.id: a.name for a in store.annotators()}
     wanted = set(annotators) if annotators is not None else set(names.values())
     missing = wanted - set(names.values())

@@ -7,7 +7,8 @@ A :class:`TaskQueue` turns the store's prompts and candidates into three kinds o
 * ``compare``: one pair of candidates of a prompt not yet compared by this annotator.
 
 "Done" is read back from the store on every call, so a labeller that is killed and restarted
-resumes exactly where the committed judgements end.
+resumes exactly where the committed judgements end. A submission is one judgement per task: the
+same answer again changes nothing, a different one must be sent as a revision (``revise=True``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .errors import FeedbackError
+from .errors import FeedbackError, InvalidRankingError, UnknownCandidateError
 from .store import Candidate, FeedbackStore, Prompt
 
 KINDS: tuple[str, ...] = ("score", "rank", "compare")
@@ -73,8 +74,11 @@ class TaskQueue:
                 todo = tuple(c for c in cands if c.id not in scored)
                 out.append((Task(kind, prompt, todo or tuple(cands)), not todo))
         elif kind == "rank":
-            ranked = {r.prompt_id for r in self.store.rankings(me)}
-            out = [(Task(kind, p, tuple(cs)), p.id in ranked) for p, cs in self._groups() if len(cs) >= 2]
+            # The task is the set of candidates shown: a prompt that gains candidates in a later
+            # round is a new ranking task, and an earlier ranking of fewer candidates does not count.
+            ranked = {frozenset(r.candidate_ids) for r in self.store.rankings(me)}
+            out = [(Task(kind, p, tuple(cs)), frozenset(c.id for c in cs) in ranked)
+                   for p, cs in self._groups() if len(cs) >= 2]
         else:
             compared = {frozenset((c.candidate_a, c.candidate_b)) for c in self.store.comparisons(me)}
             for prompt, cands in self._groups():
@@ -92,17 +96,34 @@ class TaskQueue:
         return sum(done for _, done in tasks), len(tasks)
 
     # ------------------------------------------------------------------------------ submissions
-    def submit_scores(self, values: dict[int, float]) -> list[int]:
-        """Scores for several candidates, committed together; returns the new judgement ids."""
+    def submit_scores(self, values: dict[int, float], revise: bool = False) -> list[int]:
+        """Scores for several candidates, committed together; returns the judgement ids."""
         self._check_kind("score")
         if not values:
             raise FeedbackError("no scores submitted")
-        return self.store.add_scores(self.annotator_id, values)
+        return self.store.add_scores(self.annotator_id, values, revise=revise)
 
-    def submit_ranking(self, candidate_ids: Sequence[int]) -> int:
+    def submit_ranking(self, candidate_ids: Sequence[int], revise: bool = False) -> int:
+        """A ranking of every candidate of one rank task (the prompt's candidates in this queue's round)."""
         self._check_kind("rank")
-        return self.store.add_ranking(self.annotator_id, candidate_ids)
+        ids = list(candidate_ids)
+        for c in ids:
+            if not isinstance(c, int) or isinstance(c, bool):
+                raise UnknownCandidateError(f"unknown candidate id {c!r}")
+        if ids:
+            prompt_id = self.store.candidate(ids[0]).prompt_id
+            task = {c.id for c in self.store.candidates(prompt_id=prompt_id, round=self.round)}
+            given = set(ids)
+            # Duplicates, unknown ids and mixed prompts get the store's own messages.
+            if len(given) == len(ids) and given <= {c.id for c in self.store.candidates(prompt_id=prompt_id)}:
+                if given - task:
+                    raise InvalidRankingError(f"ranking {ids}: candidate(s) {sorted(given - task)} are not part of "
+                                              f"this task (round {self.round})")
+                if task - given:
+                    raise InvalidRankingError(f"ranking {ids} leaves out candidate(s) {sorted(task - given)} of "
+                                              f"prompt {prompt_id}: rank all {len(task)} of them")
+        return self.store.add_ranking(self.annotator_id, ids, revise=revise)
 
-    def submit_comparison(self, candidate_a: int, candidate_b: int, outcome: str) -> int:
+    def submit_comparison(self, candidate_a: int, candidate_b: int, outcome: str, revise: bool = False) -> int:
         self._check_kind("compare")
-        return self.store.add_comparison(self.annotator_id, candidate_a, candidate_b, outcome)
+        return self.store.add_comparison(self.annotator_id, candidate_a, candidate_b, outcome, revise=revise)

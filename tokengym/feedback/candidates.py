@@ -14,6 +14,9 @@ Strategies, written ``name`` or ``name:value`` (or ``name:key=value,...``) on th
 Candidate ``j`` of a prompt uses strategy ``j mod len(strategies)``; every candidate records its
 strategy and parameters. Batches are left-padded (the prepared tokenizers pad left) and each
 (strategy, batch) is seeded from the run's seed, so a run is reproducible.
+
+Everything is generated before anything is written, and the prompts and candidates then go into the
+store in one transaction: a run that fails (or is refused) adds nothing.
 """
 
 from __future__ import annotations
@@ -106,6 +109,20 @@ def parse_strategies(specs: str | Sequence[str]) -> list[DecodingStrategy]:
     return [DecodingStrategy.parse(s) for s in items]
 
 
+def check_plan(strategies: Sequence[DecodingStrategy], per_prompt: int) -> None:
+    """Refuse, before any model is loaded, a plan that generation would refuse later: K < 1, no
+    strategy, or a beam strategy asked for more candidates than it has beams."""
+    if not isinstance(per_prompt, int) or isinstance(per_prompt, bool) or per_prompt < 1:
+        raise FeedbackError(f"candidates per prompt must be a positive integer, got {per_prompt!r}")
+    if not strategies:
+        raise FeedbackError("no decoding strategy given")
+    for s, strategy in enumerate(strategies):
+        n = len(range(s, per_prompt, len(strategies)))
+        if strategy.name == "beam" and n > strategy.params["num_beams"]:
+            raise FeedbackError(f"strategy beam:{strategy.params['num_beams']} would have to return {n} candidates "
+                                f"per prompt, more than its beams; raise num_beams or add strategies")
+
+
 class CandidateGenerator:
     """Generates responses with a causal LM and a tokenizer prepared by ``tokengym.models``."""
 
@@ -113,6 +130,9 @@ class CandidateGenerator:
                  chat_template: bool = False) -> None:
         if tokenizer.padding_side != "left":
             raise FeedbackError("batched generation needs a left-padding tokenizer (use tokengym.models loaders)")
+        for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise FeedbackError(f"{name} must be a positive integer, got {value!r}")
         self.tokenizer, self.model = tokenizer, model
         self.max_new_tokens, self.batch_size, self.seed, self.chat_template = max_new_tokens, batch_size, seed, chat_template
 
@@ -145,12 +165,11 @@ class CandidateGenerator:
                 out.append(got * n if per_call == 1 else got)
         return out
 
-    def to_store(self, store: FeedbackStore, prompts: Sequence[str], per_prompt: int,
-                 strategies: Sequence[DecodingStrategy], round: int = 0, model_name: str | None = None) -> list[int]:
-        """Generate ``per_prompt`` candidates for every prompt and insert them in one transaction."""
-        if per_prompt < 1 or not strategies:
-            raise FeedbackError("need per_prompt >= 1 and at least one strategy")
-        prompt_ids = store.add_prompts(prompts)
+    def generate_rows(self, prompts: Sequence[str], per_prompt: int, strategies: Sequence[DecodingStrategy],
+                      round: int = 0, model_name: str | None = None) -> list[tuple[int, str, str, dict, str | None, int]]:
+        """``(prompt index, text, strategy, params, model, round)`` for ``per_prompt`` candidates of every
+        prompt, in prompt then candidate order; nothing is written."""
+        check_plan(strategies, per_prompt)
         slots: dict[int, list[int]] = {}  # strategy index -> candidate positions using it
         for j in range(per_prompt):
             slots.setdefault(j % len(strategies), []).append(j)
@@ -160,6 +179,22 @@ class CandidateGenerator:
             for i, resp in enumerate(responses):
                 for j, text in zip(positions, resp):
                     table[(i, j)] = (text, strategies[s])
-        rows = [(prompt_ids[i], text, st.name, dict(st.params, max_new_tokens=self.max_new_tokens, seed=self.seed),
-                 model_name, round) for (i, j), (text, st) in sorted(table.items())]
-        return store.add_candidates(rows)
+        return [(i, text, st.name, dict(st.params, max_new_tokens=self.max_new_tokens, seed=self.seed), model_name, round)
+                for (i, j), (text, st) in sorted(table.items())]
+
+    @staticmethod
+    def write_rows(store: FeedbackStore, prompts: Sequence[str],
+                   rows: Sequence[tuple[int, str, str, dict, str | None, int]]) -> list[int]:
+        """Insert the prompts and the rows of :meth:`generate_rows` in one transaction."""
+        with store.transaction():
+            prompt_ids = store.add_prompts(prompts)
+            return store.add_candidates([(prompt_ids[i], *rest) for i, *rest in rows])
+
+    def to_store(self, store: FeedbackStore, prompts: Sequence[str], per_prompt: int,
+                 strategies: Sequence[DecodingStrategy], round: int = 0, model_name: str | None = None) -> list[int]:
+        """Generate ``per_prompt`` candidates for every prompt, then insert everything in one transaction."""
+        for t in prompts:
+            if not isinstance(t, str) or not t.strip():
+                raise FeedbackError(f"a prompt must be a non-empty string, got {t!r}")
+        rows = self.generate_rows(prompts, per_prompt, strategies, round, model_name)
+        return self.write_rows(store, prompts, rows)

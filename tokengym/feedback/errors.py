@@ -45,3 +45,16 @@ class SchemaVersionError(FeedbackError):
 
 class ImportFormatError(FeedbackError):
     """A JSONL import line that cannot be understood."""
+
+
+class DuplicateJudgementError(FeedbackError):
+    """An annotator judged the same task again with a different answer without asking to revise it.
+
+    One judgement per (annotator, task): repeating the same answer is accepted and changes nothing;
+    a different answer must be an explicit revision (``revise=True``), which replaces the earlier
+    judgement and keeps it as history.
+    """
+
+
+class ReadOnlyStoreError(FeedbackError):
+    """The store file (or its folder) cannot be written, and the operation needs to write."""

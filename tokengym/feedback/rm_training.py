@@ -11,7 +11,8 @@ scores the text pair ``(prompt, response)``. Training follows Stiennon et al. / 
 * normalisation statistics come from reference-policy samples (candidates of round 0 by default),
   so the reward the PPO agent sees starts at mean 0, std 1 under the initial policy.
 
-The output folder is what ``tokengym.rewards.LearnedReward`` loads (written atomically).
+The output folder is what ``tokengym.rewards.LearnedReward`` loads (written atomically). It must be
+new, empty or a folder tokengym wrote (checked before training, see ``tokengym.utils.check_replaceable``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from .losses import best_of_n_loss, kwise_loss, pairwise_loss, pointwise_loss
 from .store import FeedbackStore
 
 RANKING_LOSSES = ("kwise", "best_of_n")
+JUDGEMENT_KINDS = ("compare", "rank", "score")
+MIN_MAX_LENGTH = 8
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,36 @@ class RMConfig:
     reference_round: int | None = 0  # candidates whose scores set mean/std; None = all candidates
     dropout: bool = False  # off by default: with ~one epoch of data it mostly slows learning
     seed: int = 0
+
+    def validate(self) -> None:
+        """Refuse settings that would fail late or train nothing, naming the field."""
+        def bad(name: str, rule: str) -> FeedbackError:
+            return FeedbackError(f"RMConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def integer(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not (number(self.epochs) and self.epochs > 0):
+            raise bad("epochs", "a positive number")
+        if not (number(self.lr) and self.lr > 0):
+            raise bad("lr", "a positive number")
+        if not (integer(self.batch_size) and self.batch_size >= 1):
+            raise bad("batch_size", "a positive integer")
+        if not (integer(self.max_length) and self.max_length >= MIN_MAX_LENGTH):
+            raise bad("max_length", f"an integer >= {MIN_MAX_LENGTH} (room for the special tokens and some text)")
+        if not (number(self.margin) and self.margin >= 0):
+            raise bad("margin", "a number >= 0")
+        if self.ranking_loss not in RANKING_LOSSES:
+            raise bad("ranking_loss", f"one of {RANKING_LOSSES}")
+        if not self.kinds or not set(self.kinds) <= set(JUDGEMENT_KINDS):
+            raise bad("kinds", f"a non-empty subset of {JUDGEMENT_KINDS}")
+        if not (number(self.heldout_fraction) and 0 <= self.heldout_fraction < 1):
+            raise bad("heldout_fraction", "in [0, 1) (1 would hold out every prompt)")
+        if self.reference_round is not None and not (integer(self.reference_round) and self.reference_round >= 0):
+            raise bad("reference_round", "None (all candidates) or an integer >= 0")
 
 
 @dataclass
@@ -292,9 +325,12 @@ def train_reward_model(
     ``model``: an already built ``(tokenizer, model)`` (its head is re-initialised); default builds one
     on ``config.base_model``. ``judge``: a gold judge for the extra held-out accuracy against it.
     """
-    from tokengym.utils import seed_everything
+    from tokengym.utils import check_replaceable, seed_everything
 
     cfg = config or RMConfig()
+    cfg.validate()
+    if out_dir is not None and dist.rank() == 0:
+        check_replaceable(out_dir)  # a user's folder is refused now, not replaced after training
     log = log if dist.rank() == 0 else None  # [issue 8] rank 0 alone prints and writes
     seed_everything(cfg.seed)
     train, held = split_by_prompt(store_items(store, cfg.kinds), cfg.heldout_fraction, cfg.seed)

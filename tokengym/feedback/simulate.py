@@ -16,6 +16,10 @@ marginal behaviour (and accuracy) is unchanged; only how often annotators err *t
 
 Draws are keyed by (seed, item, annotator), not by call order, so labels are reproducible and the
 same item gets the same shared draw whoever labels it first.
+
+Each ``label_*`` call registers its annotators and writes all their judgements in one transaction:
+a refused call (e.g. an annotator who already gave a different answer to a task; simulated labels
+are never revisions) leaves the store as it was. Repeating a call with the same seed changes nothing.
 """
 
 from __future__ import annotations
@@ -153,6 +157,10 @@ def make_annotators(
     prefix: str = "sim",
 ) -> list[SimulatedAnnotator]:
     """``n`` annotators sharing accuracy, noise model and disagreement (names ``sim-0``, ``sim-1``...)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise FeedbackError(f"the number of simulated annotators must be a positive integer, got {n!r}")
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise FeedbackError(f"the annotator name prefix must be a non-empty string, got {prefix!r}")
     return [SimulatedAnnotator(f"{prefix}-{i}", accuracy, noise, disagreement, seed) for i in range(n)]
 
 
@@ -181,6 +189,8 @@ class LabelSimulator:
     def sample_pairs(self, n: int, round: int | None = None) -> list[tuple[int, int]]:
         """``n`` distinct within-prompt candidate pairs, uniformly at random (seeded)."""
         pairs = [(a.id, b.id) for g in self._groups(round) for i, a in enumerate(g) for b in g[i + 1:]]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise FeedbackError(f"the number of pairs must be a positive integer, got {n!r}")
         if n > len(pairs):
             raise FeedbackError(f"asked for {n} pairs but the store has only {len(pairs)} within-prompt pairs")
         rng = np.random.default_rng(self.seed)
@@ -199,9 +209,10 @@ class LabelSimulator:
         written = 0
         for ann in annotators:
             ann.fit([gold[a] - gold[b] for a, b in pairs], pool)
-        for ann, aid in zip(annotators, self._register(annotators)):
-            rows = [(a, b, ann.compare((a, b), (gold[a], gold[b]))) for a, b in pairs]
-            written += len(self.store.add_comparisons(aid, rows))
+        with self.store.transaction():
+            for ann, aid in zip(annotators, self._register(annotators)):
+                rows = [(a, b, ann.compare((a, b), (gold[a], gold[b]))) for a, b in pairs]
+                written += len(self.store.add_comparisons(aid, rows))
         return written
 
     def label_rankings(self, annotators: Sequence[SimulatedAnnotator], round: int | None = None,
@@ -213,9 +224,10 @@ class LabelSimulator:
         written = 0
         for ann in annotators:
             ann.fit(diffs, list(gold.values()))
-        for ann, aid in zip(annotators, self._register(annotators)):
-            orders = [ann.rank([c.id for c in g], [gold[c.id] for c in g]) for g in groups]
-            written += len(self.store.add_rankings(aid, orders))
+        with self.store.transaction():
+            for ann, aid in zip(annotators, self._register(annotators)):
+                orders = [ann.rank([c.id for c in g], [gold[c.id] for c in g]) for g in groups]
+                written += len(self.store.add_rankings(aid, orders))
         return written
 
     def label_scores(self, annotators: Sequence[SimulatedAnnotator], round: int | None = None) -> int:
@@ -228,9 +240,10 @@ class LabelSimulator:
         written = 0
         for ann in annotators:
             ann.fit(diffs, list(gold.values()), levels=max(levels, 2))
-        for ann, aid in zip(annotators, self._register(annotators)):
-            values = {c.id: ann.score(c.id, gold[c.id], low, high) for c in cands}
-            written += len(self.store.add_scores(aid, values))
+        with self.store.transaction():
+            for ann, aid in zip(annotators, self._register(annotators)):
+                values = {c.id: ann.score(c.id, gold[c.id], low, high) for c in cands}
+                written += len(self.store.add_scores(aid, values))
         return written
 
 

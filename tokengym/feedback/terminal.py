@@ -16,7 +16,7 @@ import sys
 from typing import TextIO
 
 from .annotators import Task, TaskQueue
-from .errors import FeedbackError
+from .errors import DuplicateJudgementError, FeedbackError
 
 
 class _Quit(Exception):
@@ -73,6 +73,10 @@ class TerminalLabeller:
             except _Skip:
                 skipped.add(tuple(c.id for c in task.candidates))
                 continue
+            except DuplicateJudgementError as exc:  # judged meanwhile elsewhere (e.g. the web page)
+                self._say(f"  not saved: {exc}")
+                skipped.add(tuple(c.id for c in task.candidates))
+                continue
             except _Quit:
                 self._say("Bye.")
                 break
@@ -102,6 +106,8 @@ class TerminalLabeller:
                         raise FeedbackError(f"rank all {len(ids)} answers, got {len(order)}")
                     self.queue.submit_ranking(order)
                     return
+                except DuplicateJudgementError:
+                    raise
                 except (ValueError, FeedbackError) as exc:  # FeedbackError is a ValueError: bad numbers or ids
                     self._say(f"  not accepted: {exc}")
         else:

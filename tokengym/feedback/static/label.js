@@ -1,8 +1,10 @@
 // tokengym labeller: fetches the next task of the chosen kind, lets the person judge it, posts it.
 // Every submission is committed by the server before it answers, so the progress count is the truth.
+// One submission at a time: from a key press or click until the next task is shown, the buttons are
+// disabled and further presses are ignored, so a quick "a" then "b" (or Enter twice) sends one answer.
 "use strict";
 
-const state = { kind: null, kinds: [], task: null, range: [1, 7], focus: 0, dragged: null };
+const state = { kind: null, kinds: [], task: null, range: [1, 7], focus: 0, dragged: null, busy: false };
 const $ = (id) => document.getElementById(id);
 const HELP = {
   score: "Type a score in each box (digit keys fill the highlighted answer and move on), Enter submits.",
@@ -24,6 +26,12 @@ async function api(path, body) {
   const data = await res.json();
   if (!res.ok) throw new Error((data.type ? data.type + ": " : "") + data.error);
   return data;
+}
+
+function setBusy(busy) {
+  state.busy = busy;
+  for (const id of ["btn-a", "btn-b", "btn-tie", "submit"]) $(id).disabled = busy;
+  document.body.classList.toggle("busy", busy);
 }
 
 async function load(kind) {
@@ -116,7 +124,8 @@ function highlight() {
 
 async function submit(outcome) {
   const t = state.task;
-  if (!t) return;
+  if (!t || state.busy) return;
+  setBusy(true);
   try {
     if (state.kind === "score") {
       const scores = {};
@@ -140,11 +149,29 @@ async function submit(outcome) {
     await load(state.kind);
   } catch (err) {
     status(err.message, "error");
+  } finally {
+    setBusy(false);
+  }
+}
+
+async function switchKind(kind) {
+  if (state.busy) return;
+  setBusy(true);
+  try {
+    await load(kind);
+  } catch (err) {
+    status(err.message, "error");
+  } finally {
+    setBusy(false);
   }
 }
 
 document.addEventListener("keydown", (e) => {
   const typing = e.target.tagName === "INPUT";
+  if (state.busy) {  // a submission is in flight: keys that would submit or switch are swallowed
+    if (!typing || e.key === "Enter") e.preventDefault();
+    return;
+  }
   if (e.key === "Enter" && state.kind !== "compare") { e.preventDefault(); submit(); return; }
   if (typing && state.kind === "rank") return;
   if (state.kind === "compare" && !typing) {
@@ -162,15 +189,15 @@ document.addEventListener("keydown", (e) => {
   }
   if (!typing) {
     const kind = { s: "score", r: "rank", c: "compare" }[e.key];
-    if (kind && state.kinds.includes(kind)) load(kind).catch((err) => status(err.message, "error"));
+    if (kind && state.kinds.includes(kind)) switchKind(kind);
   }
 });
 
 for (const tab of document.querySelectorAll(".tab")) {
-  tab.addEventListener("click", () => load(tab.dataset.kind).catch((err) => status(err.message, "error")));
+  tab.addEventListener("click", () => switchKind(tab.dataset.kind));
 }
 $("btn-a").addEventListener("click", () => submit("a"));
 $("btn-b").addEventListener("click", () => submit("b"));
 $("btn-tie").addEventListener("click", () => submit("tie"));
 $("submit").addEventListener("click", () => submit());
-load(null).catch((err) => status(err.message, "error"));
+switchKind(null);
