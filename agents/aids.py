@@ -202,7 +202,7 @@ class OutputAugmenter:
         episodes, then padding (see the class docstring)."""
         n_total = self.episodes_per_rollout(len(batch), group_size)
         tok, T = env.tokenizer, batch.response_ids.shape[1]
-        eos = env.eos_token_id
+        stops = {int(i) for i in env.stop_token_ids}  # any stop token ends an episode, not only EOS
         special = set(tok.all_special_ids)
         scores = batch.scores
         order = torch.argsort(scores, descending=True, stable=True).tolist()
@@ -210,11 +210,11 @@ class OutputAugmenter:
                   if batch.lengths[i] > 0 and (self.min_score is None or scores[i] >= self.min_score)]
         if not chosen:
             return self._scored_batch(batch, env, [], [], n_total)
-        contents = {}  # row -> (content tokens without the final EOS, stopped)
+        contents = {}  # row -> (content tokens without the final stop token, that stop token or None)
         for i in chosen:
             ids = batch.response_ids[i, : batch.lengths[i]].tolist()
-            stopped = bool(ids and ids[-1] == eos)
-            contents[i] = (ids[:-1] if stopped else ids, stopped)
+            stop = ids[-1] if ids and ids[-1] in stops else None
+            contents[i] = (ids[:-1] if stop is not None else ids, stop)
         if self.unit == "tokens":
             pool = sorted({t for ids, _ in contents.values() for t in ids if t not in special})
         else:
@@ -222,8 +222,8 @@ class OutputAugmenter:
         n_var = self.variants_per_response(group_size)
         rows, responses = [], []
         for i in chosen:
-            ids, stopped = contents[i]
-            budget = T - int(stopped)  # room left for content tokens
+            ids, stop = contents[i]
+            budget = T - int(stop is not None)  # room left for content tokens
             variants = []
             for _ in range(n_var):
                 if self.unit == "tokens":
@@ -231,7 +231,7 @@ class OutputAugmenter:
                 else:
                     words = self._edit(tok.decode(ids, skip_special_tokens=True).split(), pool, budget)
                     new = tok(" " + " ".join(words), add_special_tokens=False)["input_ids"] if words else []
-                new = new[:budget] + ([eos] if stopped else [])
+                new = new[:budget] + ([stop] if stop is not None else [])
                 if new:
                     variants.append(new)
             if group_size > 1 and len(variants) < n_var:
@@ -248,7 +248,8 @@ class OutputAugmenter:
     ) -> RolloutBatch:
         """The ``len(rows)`` variants scored by the env's reward, then ``n_total - len(rows)`` padding
         episodes (prompt of row 0, empty response, mask 0, score 0) that the reward never sees."""
-        T, eos, pad, tok = batch.response_ids.shape[1], env.eos_token_id, env.pad_token_id, env.tokenizer
+        T, pad, tok = batch.response_ids.shape[1], env.pad_token_id, env.tokenizer
+        stops = {int(i) for i in env.stop_token_ids}
         n_real = len(rows)
         response_ids = torch.full((n_total, T), pad, dtype=torch.long)
         response_mask = torch.zeros(n_total, T)
@@ -257,7 +258,7 @@ class OutputAugmenter:
         for j, ids in enumerate(responses):
             response_ids[j, : len(ids)] = torch.as_tensor(ids)
             response_mask[j, : len(ids)] = 1
-            stopped[j] = ids[-1] == eos
+            stopped[j] = ids[-1] in stops
             texts.append(tok.decode(ids[:-1] if stopped[j] else ids, skip_special_tokens=True))
         score = torch.zeros(n_total)
         gold = torch.zeros(n_total) if batch.gold_scores is not None and getattr(env, "gold_reward", None) is not None else None

@@ -617,7 +617,7 @@ class PPOAgent:
         if self.rank != 0:
             dist.barrier()
             return
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, what="checkpoint") as tmp:
             for r, st in enumerate(rank_states):  # [issue 8]
                 meta = {k: json.dumps(v) for k, v in st.items() if k not in _RNG_TENSORS}
                 save_file({"sample": st["sample"], "torch": st["torch"]}, tmp / f"rng_rank{r}.safetensors",
@@ -761,7 +761,7 @@ class PPOAgent:
             import copy
 
             model = copy.deepcopy(model).merge_and_unload()
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, what="policy") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             self.env.tokenizer.save_pretrained(tmp)
 

@@ -122,7 +122,17 @@ def load_normalisation(path: str | os.PathLike) -> dict:
     file = Path(path) / NORMALISATION_FILE
     data = {"mean": 0.0, "std": 1.0}
     if file.is_file():
-        data.update(json.loads(file.read_text()))
+        try:
+            loaded = json.loads(file.read_text())
+        except (ValueError, UnicodeDecodeError) as e:  # name the file, not just the parser's position
+            raise ValueError(f"{file}: not valid JSON ({e})") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{file}: must hold a JSON object, got {type(loaded).__name__}")
+        data.update(loaded)
+    for key in ("mean", "std"):
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{file}: {key!r} must be a finite number, got {value!r}")
     if not (math.isfinite(data["mean"]) and math.isfinite(data["std"]) and data["std"] > 0):
         raise ValueError(f"{file}: needs a finite mean and a positive std, got {data['mean']}, {data['std']}")
     return data
@@ -233,7 +243,7 @@ def save_reward_model(
     from tokengym.utils import atomic_directory
 
     path = Path(path)
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, what="reward model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         save_normalisation(tmp, mean, std, base_model=str(base_model), **extra)

@@ -7,7 +7,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .base import RewardFunction, require_metadata, sample_error
+from .base import RewardFunction, require_metadata
 
 
 class LengthReward(RewardFunction):

@@ -102,6 +102,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_rm(args: argparse.Namespace) -> int:
+    """Build the reward model of tokengym/PositiveReview-v1 now (tokengym train builds it on first use)."""
+    from tokengym.feedback.default_rm import ensure_reward_model
+    from tokengym.utils import set_cpu_threads
+
+    set_cpu_threads()
+    path = ensure_reward_model(progress=not args.no_progress)
+    info = json.loads((path / "build.json").read_text())
+    print(f"reward model: {path}\n  held-out pairwise accuracy vs the gold judge {info['heldout_gold_accuracy']:.3f} "
+          f"(pairs of held-out prompts, gold ties left out), vs the simulated labels {info['heldout_accuracy']:.3f}")
+    return 0
+
+
+def cmd_rlhf(args: argparse.Namespace) -> int:
+    from tokengym.feedback.rounds import run_rounds
+    from tokengym.utils import set_cpu_threads
+
+    for flag, value in (("--rounds", args.rounds), ("--iterations", args.iterations)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    set_cpu_threads()
+    run_rounds(args.rounds, args.output_dir, seed=args.seed, iterations=args.iterations, overwrite=args.overwrite,
+               progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokengym", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start again in an OUTPUT_DIR that holds a run")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("build-rm", help="build (once) the main task's reward model from simulated comparisons")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_build_rm)
+
+    p = sub.add_parser("rlhf", help="iterated RLHF: rounds of candidates -> simulated labels -> reward model -> PPO")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--output-dir", dest="output_dir", default="runs/rlhf")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int, help="PPO iterations per round (default: the main job's)")
+    p.add_argument("--overwrite", action="store_true", help="start rounds again in an OUTPUT_DIR that holds them")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_rlhf)
 
     p = sub.add_parser("evaluate", help="compare a policy with its reference on a task's test prompts")
     p.add_argument("--model", required=True, help="trained policy (HF folder)")

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import torch
 
+from tokengym.models import default_stop_token_ids
+
 from .errors import FeedbackError
 from .store import FeedbackStore
 
@@ -157,7 +159,9 @@ class CandidateGenerator:
             torch.manual_seed(self.seed * 1_000_003 + stream * 10_007 + b)
             seqs = self.model.generate(
                 **enc, max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id, **strategy.generate_kwargs(per_call),
+                # Every end token stops (SmolLM2 has two), and pad is never generated, as in the env.
+                eos_token_id=list(default_stop_token_ids(self.tokenizer)),
+                suppress_tokens=[self.tokenizer.pad_token_id], **strategy.generate_kwargs(per_call),
             )
             texts = self.tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for i in range(len(batch)):

@@ -170,7 +170,7 @@ def build_reward_model(out: str | os.PathLike, recipe: RewardModelRecipe = DEFAU
                 "heldout_pairs": result.n_heldout_pairs, "mean": result.mean, "std": result.std,
                 "candidates_s": round(t_gen, 1), "total_s": round(time.time() - t0, 1)}
         # One rename publishes the model with its build.json, so a killed build leaves no folder.
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, what="task reward model") as tmp:
             for f in model_dir.iterdir():
                 shutil.move(str(f), tmp / f.name)
             (tmp / "build.json").write_text(json.dumps(info, indent=1) + "\n")

@@ -1,0 +1,76 @@
+"""Iterated RLHF on the main task (``tokengym rlhf``): rounds of candidates -> labels -> reward model -> PPO.
+
+Round 0 is the main job: the task's reward model (learned from comparisons of the reference policy's
+samples, :mod:`.default_rm`) pays PPO. Every later round asks the simulated annotators about the
+*current* policy's samples, which is where the previous reward model is least reliable, trains a
+fresh reward model on those comparisons (normalised on the current policy's samples, so its reward
+starts at mean 0 again), and runs PPO from the current policy with the current policy as the new
+reference: each round spends its own KL budget.
+
+Each round writes ``OUTPUT_DIR/round<r>/`` (a full training run: report, metrics, curves, final
+model) and, from round 1 on, ``OUTPUT_DIR/reward_model_round<r>/``; ``rounds.json`` lists per round
+the reward model's held-out accuracy and the held-out gold score before and after PPO.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+
+def run_rounds(rounds: int = 2, output_dir: str = "runs/rlhf", seed: int = 0, iterations: int | None = None,
+               overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run ``rounds`` rounds on ``tokengym/PositiveReview-v1``; returns one summary per round."""
+    from tokengym.models import load_causal_lm
+    from tokengym.train import make_train_config, print_table, run
+    from tokengym.utils import atomic_write_text, check_run_folder, write_marker
+
+    from .default_rm import DEFAULT_RECIPE, build_reward_model, ensure_reward_model
+
+    if rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {rounds}")
+    out = Path(output_dir)
+    check_run_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "rlhf rounds")
+    summaries: list[dict[str, Any]] = []
+    model, reward_dir = "smollm2", None
+    for r in range(rounds):
+        if r == 0:
+            reward_dir = ensure_reward_model(progress=progress, log=log)
+        else:
+            # The annotators now judge what the policy actually writes; a new seed gives new samples.
+            recipe = replace(DEFAULT_RECIPE, policy=model, seed=DEFAULT_RECIPE.seed + r)
+            reward_dir = out / f"reward_model_round{r}"
+            if not (reward_dir / "build.json").is_file():
+                log(f"round {r}: labelling the current policy's samples and training a new reward model ...")
+                build_reward_model(reward_dir, recipe, progress=progress, log=log, policy=load_causal_lm(model))
+        build = json.loads((Path(reward_dir) / "build.json").read_text())
+        data: dict[str, Any] = {"model": model, "output_dir": str(out / f"round{r}"),
+                                "reward": {"name": "learned", "path": str(reward_dir)}}
+        if iterations is not None:
+            data["iterations"] = iterations
+        cfg = make_train_config(data, seed=seed + r)
+        log(f"round {r}: PPO from {model} on reward model {reward_dir} "
+            f"(held-out accuracy vs gold {build['heldout_gold_accuracy']:.3f})")
+        report = run(cfg, overwrite=overwrite, progress=progress, log=log)
+        if report is None:  # another rank under torchrun
+            continue
+        print_table(f"round {r}: held-out evaluation", report["before"], report["after"], log)
+        summaries.append({
+            "round": r, "policy_before": model, "reward_model": str(reward_dir),
+            "rm_heldout_gold_accuracy": build["heldout_gold_accuracy"], "rm_heldout_accuracy": build["heldout_accuracy"],
+            "gold_before": report["before"]["gold_score"], "gold_after": report["after"]["gold_score"],
+            "kl_to_round_reference": report["after"]["kl_to_reference"],
+            "perplexity_before": report["before"]["reference_perplexity"],
+            "perplexity_after": report["after"]["reference_perplexity"],
+            "wall_time_s": report["wall_time_s"],
+        })
+        atomic_write_text(out / "rounds.json", json.dumps(summaries, indent=1) + "\n")
+        model = str(out / f"round{r}" / "final_model")
+    for s in summaries:
+        log(f"round {s['round']}: RM gold accuracy {s['rm_heldout_gold_accuracy']:.3f}; held-out gold "
+            f"{s['gold_before']:+.3f} -> {s['gold_after']:+.3f} at KL {s['kl_to_round_reference']:.2f} to the round's reference")
+    return summaries
