@@ -19,7 +19,6 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,6 +38,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra overrides for every seed (as tokengym train --set)")
     parser.add_argument("--tag", default="", help="suffix of the result names (keeps other runs' results)")
+    parser.add_argument("--collect", action="store_true",
+                        help="only tabulate the seeds' existing reports (e.g. after running seeds in parallel)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
 
@@ -52,17 +53,20 @@ def main() -> int:
         for item in args.set:
             _apply_override(data, item)
         cfg = make_train_config(data, seed=seed)
-        t0 = time.time()
-        report = run(cfg, overwrite=True, progress=False)
-        assert report is not None
-        shutil.rmtree(Path(cfg.output_dir) / "final_model", ignore_errors=True)
-        shutil.rmtree(Path(cfg.output_dir) / "checkpoint", ignore_errors=True)
+        if args.collect:
+            report = json.loads((Path(cfg.output_dir) / "report.json").read_text())
+        else:
+            report = run(cfg, overwrite=True, progress=False)
+            assert report is not None
+            # The models stay out of the repository; the run folder is this script's own output.
+            shutil.rmtree(Path(cfg.output_dir) / "final_model", ignore_errors=True)
+            shutil.rmtree(Path(cfg.output_dir) / "checkpoint", ignore_errors=True)
         reports[seed] = report
         b, a = report["before"], report["after"]
         ok = {k: bool(check(b, a)) for k, (_, check) in TARGETS.items()}
         rows.append([seed, b["gold_score"], a["gold_score"], a["gold_score"] - b["gold_score"], a["proxy_score"],
                      a["kl_to_reference"], b["reference_perplexity"], a["reference_perplexity"],
-                     b["distinct_2"], a["distinct_2"], time.time() - t0,
+                     b["distinct_2"], a["distinct_2"], report["wall_time_s"],
                      " ".join(name for k, (name, _) in TARGETS.items() if not ok[k]) or "all met"])
         print(f"seed {seed}: {rows[-1]}", flush=True)
     cols = list(zip(*rows))

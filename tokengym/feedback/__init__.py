@@ -4,7 +4,8 @@ statistics, reward-model training and the RLHF loop.
 Modules: ``store`` (the store), ``candidates`` (generation with decoding strategies), ``annotators``
 (labelling tasks), ``server`` + ``static/`` (web labeller), ``terminal`` (terminal labeller),
 ``simulate`` (simulated annotators), ``agreement``, ``losses`` + ``rm_training`` (reward model),
-``pipeline`` (the loop), ``cli`` (the ``tokengym`` subcommands), ``errors``.
+``pipeline`` (the generic loop), ``default_rm`` (the main task's reward model, built on first use),
+``rounds`` (iterated RLHF on the main task), ``cli`` (the ``tokengym`` subcommands), ``errors``.
 
 Heavy modules (torch, transformers) load only when used.
 """
@@ -12,11 +13,13 @@ Heavy modules (torch, transformers) load only when used.
 from __future__ import annotations
 
 from .errors import (
+    DuplicateJudgementError,
     FeedbackError,
     ImportFormatError,
     InvalidComparisonError,
     InvalidRankingError,
     NotAFeedbackStoreError,
+    ReadOnlyStoreError,
     SchemaVersionError,
     ScoreOutOfRangeError,
     UnknownAnnotatorError,
@@ -31,6 +34,7 @@ _LAZY = {
     "SimulatedAnnotator": "simulate", "LabelSimulator": "simulate", "make_annotators": "simulate",
     "agreement_report": "agreement", "RMConfig": "rm_training", "train_reward_model": "rm_training",
     "run_rlhf_rounds": "pipeline", "ppo_agent_step": "pipeline",
+    "ensure_reward_model": "default_rm", "run_rounds": "rounds",
 }
 
 
@@ -43,7 +47,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "FeedbackError", "FeedbackStore", "ImportFormatError", "InvalidComparisonError", "InvalidRankingError",
+    "DuplicateJudgementError", "FeedbackError", "ReadOnlyStoreError", "FeedbackStore", "ImportFormatError", "InvalidComparisonError", "InvalidRankingError",
     "NotAFeedbackStoreError", "SchemaVersionError", "ScoreOutOfRangeError", "UnknownAnnotatorError",
     "UnknownCandidateError", "UnknownPromptError", *_LAZY,
 ]
