@@ -93,7 +93,7 @@ def resolve_reward(spec: Any = None, **kwargs: Any) -> CheckedReward:
     * ``None`` -> the default reward (``"vader"``);
     * a registered name, e.g. ``"bleu"``; kwargs go to its factory;
     * a local folder holding a Hugging Face sequence-classification model -> ``make("learned", path=spec)``;
-    * ``(name, {kwargs})``;
+    * ``(name, {kwargs})``, or the mapping ``{"name": name, **kwargs}`` (how config files write it);
     * a :class:`RewardFunction` instance (or :class:`CheckedReward`: returned unchanged);
     * a registered factory or a :class:`RewardFunction` subclass -> called with kwargs;
     * a plain function ``f(prompt, response) -> float`` (called per sample), or a batched one marked
@@ -103,6 +103,11 @@ def resolve_reward(spec: Any = None, **kwargs: Any) -> CheckedReward:
         return spec
     if spec is None:
         spec = DEFAULT_REWARD
+    if isinstance(spec, dict):
+        if not isinstance(spec.get("name"), str):
+            raise TypeError(f"a mapping reward spec needs a 'name' key holding a reward name, got {spec!r}")
+        rest = {k: v for k, v in spec.items() if k != "name"}
+        return resolve_reward(spec["name"], **{**rest, **kwargs})
     if isinstance(spec, tuple):
         if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], dict):
             raise TypeError(f"a tuple reward spec must be (name, {{kwargs}}), got {spec!r}")

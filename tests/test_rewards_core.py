@@ -187,3 +187,13 @@ def test_checked_reward_forwards_state_and_attributes():
     assert norm.state_dict()["count"] == 2 and norm.count == 2
     with pytest.raises(RewardError, match="stateless"):
         rewards.resolve_reward("vader").load_state_dict({"x": 1})
+
+
+def test_a_reward_spec_may_be_a_mapping_with_a_name():
+    from tokengym.rewards import resolve_reward
+
+    reward = resolve_reward({"name": "length", "target": 2, "unit": "words"})
+    assert reward(["p"], ["two words"]).tolist() == [0.0]
+    assert reward(["p"], ["one"]).tolist() == [-0.5]
+    with pytest.raises(TypeError, match="'name'"):
+        resolve_reward({"target": 2})
