@@ -77,7 +77,8 @@ def main() -> int:
                "ppl after", "distinct-2 before", "distinct-2 after", "wall s", "targets missed"]
     info = machine_info()
     md = "\n".join([
-        "### Main job on several seeds (`tokengym train`, defaults; held-out test prompts)", "",
+        "### Main job on several seeds (`tokengym train`, "
+        + (f"defaults plus `{' '.join(args.set)}`" if args.set else "defaults") + "; held-out test prompts)", "",
         md_table(headers, rows + stats), "",
         f"* Targets: {'; '.join(name for name, _ in TARGETS.values())}.",
         "* gold = VADER compound (never optimised); proxy = the learned reward model (normalised on the "
