@@ -61,9 +61,10 @@ def evaluate_policy(
         logp = b.sample_logprobs  # log-probs of the sampled tokens under the policy (temperature applied)
         # Selected, not multiplied, by the mask: a reference that rules out pad gives -inf at the
         # padding positions after a response, and -inf * 0 is NaN.
+        # The sampler's log-probs are already 0 off the mask, so masking ``ref`` once zeroes both sums there.
         ref = where_mask(ref_logprobs(b.input_ids, b.attention_mask, P), b.response_mask)
-        kls.append(where_mask(logp - ref, b.response_mask).sum(1))
-        nlls.append(where_mask(-ref, b.response_mask).sum(1))
+        kls.append((logp - ref).sum(1))
+        nlls.append((-ref).sum(1))
         lengths.append(b.lengths)
         scores.append(b.scores)
         stopped.append(b.stopped)

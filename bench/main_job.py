@@ -45,6 +45,7 @@ def main() -> int:
 
     from tokengym.cli import _apply_override
     from tokengym.train import make_train_config, run
+    from tokengym.utils import written_by_tokengym
 
     root = RESULTS / f"main_job{args.tag}"
     rows, reports = [], {}
@@ -58,9 +59,11 @@ def main() -> int:
         else:
             report = run(cfg, overwrite=True, progress=False)
             assert report is not None
-            # The models stay out of the repository; the run folder is this script's own output.
-            shutil.rmtree(Path(cfg.output_dir) / "final_model", ignore_errors=True)
-            shutil.rmtree(Path(cfg.output_dir) / "checkpoint", ignore_errors=True)
+            # The models stay out of the repository; only folders the run itself wrote are removed.
+            for name in ("final_model", "checkpoint"):
+                folder = Path(cfg.output_dir) / name
+                if written_by_tokengym(folder):
+                    shutil.rmtree(folder)
         reports[seed] = report
         b, a = report["before"], report["after"]
         ok = {k: bool(check(b, a)) for k, (_, check) in TARGETS.items()}

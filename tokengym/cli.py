@@ -119,9 +119,8 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
     from tokengym.feedback.rounds import run_rounds
     from tokengym.utils import set_cpu_threads
 
-    for flag, value in (("--rounds", args.rounds), ("--iterations", args.iterations)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.iterations is not None and args.iterations < 1:  # run_rounds checks --rounds itself
+        raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
     set_cpu_threads()
     run_rounds(args.rounds, args.output_dir, seed=args.seed, iterations=args.iterations, overwrite=args.overwrite,
                progress=not args.no_progress)

@@ -14,6 +14,7 @@ call it too, so every entry point gets the same protocol:
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -255,7 +256,7 @@ def plot_overoptimisation(rows: list[dict[str, Any]], path: Path) -> Path | None
     while the gold score bends over and falls once the policy exploits the reward model's errors.
     Plotting them on one axis shows where the two part ways. Returns None without gold scores.
     """
-    rows = [r for r in rows if "gold_score" in r and r.get("gold_score") == r.get("gold_score")]
+    rows = [r for r in rows if math.isfinite(r.get("gold_score", math.nan))]
     if not rows:
         return None
     import matplotlib

@@ -56,7 +56,9 @@ def run_rounds(rounds: int = 2, output_dir: str = "runs/rlhf", seed: int = 0, it
         log(f"round {r}: PPO from {model} on reward model {reward_dir} "
             f"(held-out accuracy vs gold {build['heldout_gold_accuracy']:.3f})")
         report = run(cfg, overwrite=overwrite, progress=progress, log=log)
-        if report is None:  # another rank under torchrun
+        next_model = str(out / f"round{r}" / "final_model")
+        if report is None:  # another rank under torchrun: it follows rank 0's model into the next round
+            model = next_model
             continue
         print_table(f"round {r}: held-out evaluation", report["before"], report["after"], log)
         summaries.append({
@@ -69,7 +71,7 @@ def run_rounds(rounds: int = 2, output_dir: str = "runs/rlhf", seed: int = 0, it
             "wall_time_s": report["wall_time_s"],
         })
         atomic_write_text(out / "rounds.json", json.dumps(summaries, indent=1) + "\n")
-        model = str(out / f"round{r}" / "final_model")
+        model = next_model
     for s in summaries:
         log(f"round {s['round']}: RM gold accuracy {s['rm_heldout_gold_accuracy']:.3f}; held-out gold "
             f"{s['gold_before']:+.3f} -> {s['gold_after']:+.3f} at KL {s['kl_to_round_reference']:.2f} to the round's reference")
