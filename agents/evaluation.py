@@ -1,8 +1,16 @@
 """Before/after evaluation of a policy on a task's held-out prompts.
 
-Reports the gold and proxy scores, the KL to the reference (summed per response), the reference
-model's perplexity on the samples (fluency as the base model sees it), distinct-1/2 (diversity)
-and the mean response length.
+This is the one evaluator: ``tokengym train`` (before/after), ``tokengym evaluate`` and the
+algorithm comparison (``tokengym bench``) all call :func:`evaluate_policy`, so every table uses the
+same metric names:
+
+* ``proxy_score``: the reward the agent is paid (e.g. the learned reward model);
+* ``gold_score``: the task's gold judge, never optimised;
+* ``kl_to_reference``: KL(policy || reference) summed over each response and averaged, the k1
+  estimate (log pi - log pi_ref of the sampled tokens: unbiased, the quantity the KL penalty uses);
+* ``kl_to_reference_k3``: the same KL by the k3 estimator (never negative per sample, lower variance);
+* ``reference_perplexity``: the reference model's perplexity on the samples (fluency as the base
+  model sees it); ``distinct_1`` / ``distinct_2`` (diversity); ``mean_length``; ``eos_rate``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from torch import nn
 from tokengym.envs import BatchedTextEnv
 
 from .advantages import where_mask
+from .kl import kl_per_token
 from .policy import response_forward, token_logprobs
 from .rollout import CachedSampler
 
@@ -53,7 +62,7 @@ def evaluate_policy(
     sampler = CachedSampler(policy, temperature=temperature)
     gen = torch.Generator().manual_seed(seed)
     n_prompts = len(env.prompts)
-    scores, golds, kls, nlls, lengths, stopped, samples = [], [], [], [], [], [], []
+    scores, golds, kls, kls_k3, nlls, lengths, stopped, samples = [], [], [], [], [], [], [], []
     for start in range(0, episodes, env.num_envs):
         idx = np.arange(start, start + env.num_envs) % n_prompts
         b = sampler.rollout(env, seed=seed + start, generator=gen, options={"prompt_indices": idx})
@@ -64,6 +73,7 @@ def evaluate_policy(
         # The sampler's log-probs are already 0 off the mask, so masking ``ref`` once zeroes both sums there.
         ref = where_mask(ref_logprobs(b.input_ids, b.attention_mask, P), b.response_mask)
         kls.append((logp - ref).sum(1))
+        kls_k3.append(kl_per_token(logp, ref, "k3", mask=b.response_mask).sum(1))
         nlls.append((-ref).sum(1))
         lengths.append(b.lengths)
         scores.append(b.scores)
@@ -80,6 +90,7 @@ def evaluate_policy(
         "proxy_score": cat(scores).mean().item(),
         "gold_score": cat(golds).mean().item() if golds else float("nan"),
         "kl_to_reference": cat(kls).mean().item(),
+        "kl_to_reference_k3": cat(kls_k3).mean().item(),
         "reference_perplexity": float(np.exp((cat(nlls).sum() / length.sum().clamp(min=1)).item())),
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),

@@ -46,22 +46,9 @@ def machine_info() -> dict[str, Any]:
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, the flags that decide bf16 speed, and torch's CPU capability (results differ by CPU)."""
-    import torch
+    from tokengym.hardware import cpu_info as info
 
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", ""):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    return {"cpu_model": model, "cpu_flags": [f for f in wanted if f in flags],
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return info()
 
 
 def set_threads(n: int) -> int:
@@ -175,7 +162,7 @@ def long_prompt_indices(env: Any, n: int, min_tokens: int, at_least: int | None 
     than ``n`` are enough when there are ``at_least`` of them."""
     out = []
     for i in range(len(env.prompts)):
-        if len(env._ep.prompt_tokens(env.prompts[i]["prompt"])) >= min_tokens:
+        if len(env.prompt_token_ids(env.prompts[i]["prompt"])) >= min_tokens:
             out.append(i)
             if len(out) == n:
                 return out
@@ -184,10 +171,11 @@ def long_prompt_indices(env: Any, n: int, min_tokens: int, at_least: int | None 
     raise ValueError(f"only {len(out)} prompts have >= {min_tokens} tokens")
 
 
-def disable_eos(env: Any) -> None:
-    """Make the env never terminate on EOS (id -1 is never an action): every row generates exactly
-    ``max_new_tokens`` tokens, like ``generate`` with ``eos_token_id=None``."""
-    env._ep.eos_id = -1
+def never_stop(tokenizer: Any) -> list[int]:
+    """``stop_token_ids`` under which an episode never ends before ``max_new_tokens``: pad alone, which
+    the env always treats as a stop but tokengym's sampler never chooses. Every row then generates
+    exactly ``max_new_tokens`` tokens, like ``generate`` with ``eos_token_id=None``."""
+    return [int(tokenizer.pad_token_id)]
 
 
 def progress(msg: str) -> None:

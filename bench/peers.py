@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _util import RESULTS, command_line, disable_eos, machine_info, md_table, median, peak_rss_mb, progress, set_threads, write_results
+from _util import RESULTS, command_line, machine_info, never_stop, md_table, median, peak_rss_mb, progress, set_threads, write_results
 
 VENV_PY = Path(__file__).parent / ".venv-trl" / "bin" / "python"
 TRL_ALGO = {"rloo": "rloo", "grpo": "grpo", "ppo": "grpo-ppo"}
@@ -71,8 +71,8 @@ def ours_child(args: argparse.Namespace) -> None:
     tok, model = load_causal_lm()
     env = BatchedTextEnv(args.batch, tokenizer=tok, reward=lambda p, r: len(r) / 100.0,
                          prompts=[{"prompt": p, "id": str(i)} for i, p in enumerate(prompts)], split=None,
-                         max_new_tokens=args.new_tokens, max_prompt_tokens=args.prompt_tokens)
-    disable_eos(env)
+                         max_new_tokens=args.new_tokens, max_prompt_tokens=args.prompt_tokens,
+                         stop_token_ids=never_stop(tok))
     common = dict(batch_size=args.batch, micro_batch_size=args.micro, kl_coef=args.beta, adaptive_kl=False,
                   sample_every=0, anneal_lr=False, learning_rate=1e-5)
     if args.child == "ppo":

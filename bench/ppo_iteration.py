@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from _util import (
-    RESULTS, Timer, command_line, disable_eos, long_prompt_indices, machine_info, matmul_peak_gflops, md_table,
+    RESULTS, Timer, command_line, never_stop, long_prompt_indices, machine_info, matmul_peak_gflops, md_table,
     median, memory_bandwidth_gbs, peak_rss_mb, progress, set_threads, write_results,
 )
 
@@ -100,11 +100,25 @@ def child(args: argparse.Namespace) -> None:
     from tokengym.agents import PPOAgent, PPOConfig
     from tokengym.envs import BatchedTextEnv
     from tokengym.models import load_causal_lm
+    from tokengym.rewards import RewardFunction, resolve_reward
 
     B, T, P, lora = args.batch, args.new_tokens, args.prompt_tokens, args.child == "lora"
     tok, model = load_causal_lm()
-    env = BatchedTextEnv(B, tokenizer=tok, reward=args.rm, max_new_tokens=T, max_prompt_tokens=P)
-    disable_eos(env)
+    timer = Timer()
+    learned_checked = resolve_reward(args.rm)  # the reward model the env pays, validated
+    learned = learned_checked.inner  # the LearnedReward itself, for the floor's direct forward
+
+    class TimedReward(RewardFunction):
+        """The env's reward, timed: a RewardFunction like any other, so no env internals are touched."""
+
+        name = "timed_rm"
+
+        def __call__(self, prompts, responses, **kw):
+            with timer.section("scoring"):
+                return learned_checked(prompts, responses, **kw)
+
+    env = BatchedTextEnv(B, tokenizer=tok, reward=TimedReward(), max_new_tokens=T, max_prompt_tokens=P,
+                         stop_token_ids=never_stop(tok))
     long_idx = np.asarray(long_prompt_indices(env, 4 * B, P, at_least=B))
     cfg = PPOConfig(batch_size=B, minibatch_size=args.minibatch, micro_batch_size=args.minibatch, ppo_epochs=args.epochs,
                     lora_r=16 if lora else 0, sample_every=0, adaptive_kl=False,
@@ -114,20 +128,10 @@ def child(args: argparse.Namespace) -> None:
     agent.prompt_sampler = lambda n, progress, rng: rng.choice(long_idx, size=n, replace=False)
     policy, value_head = agent.ac.policy, agent.ac.value_head
 
-    timer = Timer()
     timer.wrap(agent.sampler, "rollout", "rollout")
     timer.wrap(agent.ac, "evaluate", "old_logprobs_values")
     timer.wrap(agent.ac, "reference_logprobs", "reference_logprobs")
     timer.wrap(agent, "_update", "update")
-    reward_inner = env._ep.reward
-    learned = reward_inner.inner  # the LearnedReward inside the CheckedReward
-
-    def timed_reward(*a, **k):
-        with timer.section("scoring"):
-            return reward_inner(*a, **k)
-
-    env._ep.reward = timed_reward
-
     def ours() -> dict[str, dict[str, float]]:
         timer.reset()
         with timer.section("total"):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from _util import (
-    command_line, disable_eos, set_threads, long_prompt_indices, machine_info, md_table, median, progress, write_results,
+    command_line, never_stop, set_threads, long_prompt_indices, machine_info, md_table, median, progress, write_results,
 )
 
 
@@ -83,8 +83,8 @@ def main() -> None:
     progress(f"loading SmolLM2 (torch threads {info['torch_threads']}, load average {info['load_average']})")
     tok, model = load_causal_lm()
     clock = ForwardClock(model)
-    env = BatchedTextEnv(B, tokenizer=tok, reward=lambda p, r: 0.0, max_new_tokens=T, max_prompt_tokens=P)
-    disable_eos(env)
+    env = BatchedTextEnv(B, tokenizer=tok, reward=lambda p, r: 0.0, max_new_tokens=T, max_prompt_tokens=P,
+                         stop_token_ids=never_stop(tok))
     options = {"prompt_indices": long_prompt_indices(env, B, P)}
     obs, _ = env.reset(options=options)
     prompt_ids = torch.as_tensor(obs["input_ids"][:, :P])

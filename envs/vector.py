@@ -126,6 +126,11 @@ class BatchedTextEnv(TextTask, VectorEnv):
     def eos_token_id(self) -> int:
         return self._ep.eos_id
 
+    def prompt_token_ids(self, prompt: str) -> np.ndarray:
+        """The token ids this env feeds the model for ``prompt``: chat template applied when the env
+        uses one, and only the last ``max_prompt_tokens`` kept (the continuation point)."""
+        return self._ep.prompt_tokens(prompt).copy()
+
     def prompt_items(self) -> list[dict[str, Any]]:
         return list(self._ep.items)  # type: ignore[arg-type]
 

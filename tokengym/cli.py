@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
-    for module in ("tokengym.feedback.cli", "tokengym.bench"):
+    for module in ("tokengym.feedback.cli", "tokengym.compare"):
         try:
             mod = __import__(module, fromlist=["add_commands"])
         except ModuleNotFoundError as e:

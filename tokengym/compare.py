@@ -174,40 +174,19 @@ def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: arg
     return {"policy": sb3.policy.lm, "tokens": int(sb3.num_timesteps), "wall_s": time.perf_counter() - t0, "curve": cb.curve}
 
 
-def evaluate(policy: Any, reference: Any, tok: Any, kwargs: dict[str, Any], n: int, seed: int) -> dict[str, float]:
-    """One sampled response per held-out prompt: proxy score, gold score, summed KL to the reference."""
-    import torch
-
-    from tokengym.agents.advantages import where_mask
-    from tokengym.agents.kl import kl_per_token
-    from tokengym.agents.policy import response_forward, token_logprobs
-    from tokengym.agents.rollout import CachedSampler
+def evaluate(policy: Any, reference: Any, tok: Any, kwargs: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
+    """One sampled response per held-out prompt, measured by the one evaluator
+    (:func:`tokengym.agents.evaluation.evaluate_policy`, so the names are ``tokengym train``'s), plus
+    three samples."""
+    from tokengym.agents.evaluation import evaluate_policy, reference_logprob_fn
     from tokengym.envs import BatchedTextEnv
 
     split = "test" if has_test_split(kwargs.get("prompts", "movie_reviews")) else None
-    env = BatchedTextEnv(num_envs=n, tokenizer=tok, split=split, **kwargs)
-    indices = np.arange(n) % len(env.prompts)
+    env = BatchedTextEnv(num_envs=min(n, 16), tokenizer=tok, split=split, **kwargs)
     policy.eval()
-    batch = CachedSampler(policy).rollout(env, seed=seed, options={"prompt_indices": indices})
-    P, mask = batch.prompt_ids.shape[1], batch.response_mask
-    kl, kl_k1 = [], []
-    with torch.inference_mode():
-        for s in range(0, n, 8):
-            ids, attn = batch.input_ids[s : s + 8], batch.attention_mask[s : s + 8]
-            pad = env.pad_token_id  # both distributions without pad, as the sampler draws them
-            lp = token_logprobs(response_forward(policy, ids, attn, P, 1.0)[0], ids[:, P:], env.vocab_size, pad_id=pad)[0]
-            rlp = token_logprobs(response_forward(reference, ids, attn, P, 1.0)[0], ids[:, P:], env.vocab_size, pad_id=pad)[0]
-            m = mask[s : s + 8]  # selected, not multiplied: log-probs of pad positions are -inf
-            kl.append(kl_per_token(lp, rlp, "k3", mask=m).sum(1))
-            kl_k1.append(where_mask(lp - rlp, m).sum(1))
-    return {
-        "score": float(batch.scores.mean()),
-        "gold_score": float(batch.gold_scores.mean()) if batch.gold_scores is not None else math.nan,
-        "kl": float(torch.cat(kl).mean()),  # k3: unbiased like k1, never negative, lower variance [c17]
-        "kl_k1": float(torch.cat(kl_k1).mean()),
-        "response_length": float(mask.sum(1).mean()),
-        "samples": [{"prompt": p, "response": r, "score": float(s)} for p, r, s in list(zip(batch.prompt_texts, batch.response_texts, batch.scores))[:3]],
-    }
+    ref_fn = reference_logprob_fn(reference, env.vocab_size, pad_id=env.pad_token_id)
+    metrics, samples = evaluate_policy(policy, ref_fn, env, n, seed=seed)
+    return {**metrics, "samples": samples[:3]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +194,8 @@ def evaluate(policy: Any, reference: Any, tok: Any, kwargs: dict[str, Any], n: i
 # ----------------------------------------------------------------------------------------------
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("env", "model", "budget", "batch_size", "lr", "kl_coef", "ent_coef", "group_size", "max_new_tokens", "eval_prompts")
-    return {k: getattr(args, k) for k in keys}
+    # The evaluator's version: results measured with other metric names are never mixed with these.
+    return {"evaluator": 2, **{k: getattr(args, k) for k in keys}}
 
 
 def load_results(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -241,14 +221,14 @@ def markdown_table(data: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|"]
     init = data.get("initial")
     if init:
-        rows.append(f"| (initial policy) | – | {_pm([init['gold_score']])} | {_pm([init['score']])} | {_pm([init['kl']])} | – | – | 0 |")
+        rows.append(f"| (initial policy) | – | {_pm([init['gold_score']])} | {_pm([init['proxy_score']])} | {_pm([init['kl_to_reference']])} | – | – | 0 |")
     algos = [a for a in ALGOS if any(r["algo"] == a for r in data["runs"])]
     algos += sorted({r["algo"] for r in data["runs"]} - set(algos))
     for algo in algos:
         runs = [r for r in data["runs"] if r["algo"] == algo]
         f = lambda key: [r["final"][key] for r in runs]  # noqa: E731
         rows.append(
-            f"| {algo} | {len(runs)} | {_pm(f('gold_score'))} | {_pm(f('score'))} | {_pm(f('kl'))} | "
+            f"| {algo} | {len(runs)} | {_pm(f('gold_score'))} | {_pm(f('proxy_score'))} | {_pm(f('kl_to_reference'))} | "
             f"{_pm([r['wall_s'] for r in runs], 1)} | {_pm([r['tokens'] / r['wall_s'] for r in runs], 1)} | "
             f"{_pm([float(r['tokens']) for r in runs], 0)} |"
         )
@@ -371,7 +351,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
             final = evaluate(res.pop("policy"), reference, tok, kwargs, args.eval_prompts, 12345)
             run_ = {"algo": algo, "seed": seed, **res, "final": final}
             data["runs"] = [r for r in data["runs"] if (r["algo"], r["seed"]) != (algo, seed)] + [run_]
-            print(f"{algo} seed {seed}: gold {final['gold_score']:.3f} proxy {final['score']:.3f} kl {final['kl']:.2f} "
+            print(f"{algo} seed {seed}: gold {final['gold_score']:.3f} proxy {final['proxy_score']:.3f} kl {final['kl_to_reference']:.2f} "
                   f"({res['tokens']} tokens, {res['wall_s']:.1f} s)", file=sys.stderr)
             render(data, out, args.name)
             del model
@@ -394,7 +374,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tokengym.bench ...`` (the same options as ``tokengym bench``)."""
+    """``python -m tokengym.compare ...`` (the same options as ``tokengym bench``)."""
     parser = argparse.ArgumentParser(prog="tokengym bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     argv = sys.argv[1:] if argv is None else argv
