@@ -25,7 +25,7 @@ alternates for ``--repeats`` rounds:
   time to read the weights once at the measured memory bandwidth.
 
 Peak memory is the subprocess's ``ru_maxrss`` right after its first "ours" iteration (before the floor
-ran in it). Targets (issue 7): iteration <= 1.5x FLOP floor; peak memory <= 3 GB (LoRA), <= 6 GB (full).
+ran in it). Targets: iteration <= 1.5x FLOP floor; peak memory <= 3 GB (LoRA), <= 6 GB (full).
 
 Run: ``python bench/ppo_iteration.py`` (both configs, ~10-15 min on a loaded 2-core machine) or
 ``--configs lora``; results of configs not re-run are kept in bench/results/ppo_iteration.json.

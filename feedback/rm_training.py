@@ -262,7 +262,7 @@ class RewardModelTrainer:
         rng = np.random.default_rng(cfg.seed)
         steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
         total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-        # [issue 8] under torchrun every rank starts from rank 0's weights and trains on its share
+        # Under torchrun every rank starts from rank 0's weights and trains on its share
         # of each global batch of ``batch_size`` judgements; gradients are averaged over ranks.
         dist.broadcast_module(self.model)
         rank, world = dist.rank(), dist.world_size()
@@ -276,7 +276,7 @@ class RewardModelTrainer:
                 order = rng.permutation(len(items)).tolist()
             batch = [items[i] for i in order[: cfg.batch_size]]
             del order[: cfg.batch_size]
-            shard = batch[rank::world]  # [issue 8] weighted so the ranks' mean is the batch mean
+            shard = batch[rank::world]  # weighted so the ranks' mean is the batch mean
             loss = self.batch_loss(shard) * (len(shard) * world / len(batch)) if shard else None
             opt.zero_grad()
             if loss is not None:
@@ -331,7 +331,7 @@ def train_reward_model(
     cfg.validate()
     if out_dir is not None and dist.rank() == 0:
         check_replaceable(out_dir)  # a user's folder is refused now, not replaced after training
-    log = log if dist.rank() == 0 else None  # [issue 8] rank 0 alone prints and writes
+    log = log if dist.rank() == 0 else None  # rank 0 alone prints and writes
     seed_everything(cfg.seed)
     train, held = split_by_prompt(store_items(store, cfg.kinds), cfg.heldout_fraction, cfg.seed)
     if model is None:

@@ -19,15 +19,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .default_rm import DEFAULT_RECIPE, RewardModelRecipe
+
 
 def run_rounds(rounds: int = 2, output_dir: str = "runs/rlhf", seed: int = 0, iterations: int | None = None,
-               overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run ``rounds`` rounds on ``tokengym/PositiveReview-v1``; returns one summary per round."""
+               overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print, *,
+               recipe: RewardModelRecipe = DEFAULT_RECIPE, reward_model: Callable[[], tuple[Any, Any]] | None = None,
+               train_overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run ``rounds`` rounds on ``tokengym/PositiveReview-v1``; returns one summary per round.
+
+    ``recipe`` is round 0's reward-model recipe (its ``policy`` is also the policy round 0 trains);
+    ``reward_model`` builds each round's fresh reward model (default: MiniLM) and ``train_overrides``
+    are TrainConfig keys for every round's PPO run: tests pass tiny models and sizes here.
+    """
     from tokengym.models import load_causal_lm
     from tokengym.train import make_train_config, print_table, run
     from tokengym.utils import atomic_write_text, check_run_folder, write_marker
 
-    from .default_rm import DEFAULT_RECIPE, build_reward_model, ensure_reward_model
+    from .default_rm import build_reward_model, ensure_reward_model
 
     if rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {rounds}")
@@ -36,19 +45,20 @@ def run_rounds(rounds: int = 2, output_dir: str = "runs/rlhf", seed: int = 0, it
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "rlhf rounds")
     summaries: list[dict[str, Any]] = []
-    model, reward_dir = "smollm2", None
+    model, reward_dir = recipe.policy, None
     for r in range(rounds):
         if r == 0:
-            reward_dir = ensure_reward_model(progress=progress, log=log)
+            reward_dir = ensure_reward_model(recipe, progress=progress, log=log, reward_model=reward_model)
         else:
             # The annotators now judge what the policy actually writes; a new seed gives new samples.
-            recipe = replace(DEFAULT_RECIPE, policy=model, seed=DEFAULT_RECIPE.seed + r)
+            round_recipe = replace(recipe, policy=model, seed=recipe.seed + r)
             reward_dir = out / f"reward_model_round{r}"
             if not (reward_dir / "build.json").is_file():
                 log(f"round {r}: labelling the current policy's samples and training a new reward model ...")
-                build_reward_model(reward_dir, recipe, progress=progress, log=log, policy=load_causal_lm(model))
+                build_reward_model(reward_dir, round_recipe, progress=progress, log=log, policy=load_causal_lm(model),
+                                   reward_model=reward_model)
         build = json.loads((Path(reward_dir) / "build.json").read_text())
-        data: dict[str, Any] = {"model": model, "output_dir": str(out / f"round{r}"),
+        data: dict[str, Any] = {**(train_overrides or {}), "model": model, "output_dir": str(out / f"round{r}"),
                                 "reward": {"name": "learned", "path": str(reward_dir)}}
         if iterations is not None:
             data["iterations"] = iterations

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import _offline  # noqa: F401
 from .config import ConfigError, read_config_file
-from .train import TrainConfig, make_envs, make_train_config, print_report, print_table, run  # noqa: F401 (TrainConfig: public here too)
+from .train import DEFAULT_ENV, TrainConfig, make_envs, make_train_config, print_report, print_table, run  # noqa: F401 (TrainConfig: public here too)
 
 
 def _parse_value(text: str) -> Any:
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="RLHF: train a policy with token-level PPO and a KL penalty")
     p.add_argument("--config", help="YAML or TOML file with TrainConfig keys (ppo: section for PPOConfig)")
     p.add_argument("--model", help="'smollm2' (default), a local HF folder or a .gguf file")
-    p.add_argument("--env", help="registered env id (default tokengym/PositiveReview-v0)")
+    p.add_argument("--env", help=f"registered env id (default {DEFAULT_ENV})")
     p.add_argument("--reward", help="reward name from the registry (default: the task's)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--output-dir", dest="output_dir")
@@ -161,14 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="compare a policy with its reference on a task's test prompts")
     p.add_argument("--model", required=True, help="trained policy (HF folder)")
     p.add_argument("--reference", default="smollm2")
-    p.add_argument("--env", default="tokengym/PositiveReview-v0")
+    p.add_argument("--env", default=DEFAULT_ENV)
     p.add_argument("--reward")
     p.add_argument("--episodes", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
-    for module in ("tokengym.feedback.cli", "tokengym.compare"):
+    for module in ("tokengym.feedback.cli", "tokengym.compare", "tokengym.overopt"):
         try:
             mod = __import__(module, fromlist=["add_commands"])
         except ModuleNotFoundError as e:

@@ -59,6 +59,16 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"config key {name!r}: expected a string, got {type(value).__name__} {value!r}")
         return value
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        # A nested section (e.g. TrainConfig.ppo): a mapping is checked key by key against its class.
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name!r}: expected a dict, got {type(value).__name__}")
+        try:
+            return from_dict(annotation, value)
+        except ConfigError as e:
+            raise ConfigError(f"config section {name!r}: {e}") from None
     if origin in (dict, list) or annotation in (dict, list):
         expected = origin or annotation
         if not isinstance(value, expected):

@@ -1,4 +1,4 @@
-"""Data-parallel training over ``torch.distributed`` (issue 8); every helper is an identity without a
+"""Data-parallel training over ``torch.distributed``; every helper is an identity without a
 process group, so single-process code pays nothing.
 
 How a ``torchrun`` run is laid out

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tokengym.agents import PPOConfig
+
 from . import _offline  # noqa: F401
 from .config import ConfigError, from_dict
 
@@ -41,9 +43,12 @@ class TrainConfig:
     chat_template: Any = None
     iterations: int = 12
     eval_episodes: int = 64
+    # Evaluate on the held-out prompts every K iterations as well (0 = only before and after): the
+    # points of ``heldout.jsonl`` and the over-optimisation plot (gold and proxy against sqrt(KL)).
+    eval_every: int = 0
     output_dir: str = "runs/default"
     threads: int = 0  # 0 = all cores
-    ppo: dict = field(default_factory=dict)
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(**DEFAULT_PPO))
 
 
 # The main job's PPO settings. They override PPOConfig's generic defaults for this task only.
@@ -71,9 +76,11 @@ def make_train_config(data: dict[str, Any] | None = None, seed: int | None = Non
     line naming it before any model is loaded or anything is written.
     """
     from tokengym import checks
-    from tokengym.agents import PPOConfig
 
-    cfg = from_dict(TrainConfig, dict(data or {}))
+    data = dict(data or {})
+    if isinstance(data.get("ppo"), dict):  # the file's ppo section overrides the defaults key by key
+        data["ppo"] = {**DEFAULT_PPO, **data["ppo"]}
+    cfg = from_dict(TrainConfig, data)
 
     def key(name: str) -> str:
         flag = {"iterations": "--iterations", "env": "--env", "reward": "--reward", "model": "--model",
@@ -82,6 +89,7 @@ def make_train_config(data: dict[str, Any] | None = None, seed: int | None = Non
 
     checks.positive_int(cfg.iterations, key("iterations"))
     checks.positive_int(cfg.eval_episodes, key("eval_episodes"))
+    checks.integer(cfg.eval_every, key("eval_every") + " (0 = only before and after)", minimum=0)
     checks.integer(cfg.threads, key("threads") + " (0 = all cores)", minimum=0)
     checks.optional_positive_int(cfg.max_new_tokens, key("max_new_tokens"))
     checks.optional_positive_int(cfg.max_prompt_tokens, key("max_prompt_tokens"))
@@ -92,11 +100,9 @@ def make_train_config(data: dict[str, Any] | None = None, seed: int | None = Non
     checks.reward_spec(cfg.gold_reward, key("gold_reward"))
     checks.model_spec(cfg.model, key("model"))
     checks.prompts_spec(cfg.prompts, key("prompts"))
-    ppo = {**DEFAULT_PPO, **cfg.ppo}
     if seed is not None:
-        ppo["seed"] = seed
-    PPOConfig.from_dict(ppo).validate()
-    cfg.ppo = ppo
+        cfg.ppo.seed = seed
+    cfg.ppo.validate()
     return cfg
 
 
@@ -195,7 +201,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     import torch
 
     from tokengym import distributed as dist
-    from tokengym.agents import PPOAgent, PPOConfig
+    from tokengym.agents import PPOAgent
     from tokengym.agents.evaluation import evaluate_policy
     from tokengym.models import load_causal_lm
     from tokengym.utils import atomic_write_text, recover_directory, set_cpu_threads
@@ -205,7 +211,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     out = Path(cfg.output_dir)
     _prepare_output(out, resume, overwrite)
     t0 = time.time()
-    ppo_cfg = PPOConfig.from_dict(cfg.ppo)
+    ppo_cfg = cfg.ppo
     tokenizer, model = load_causal_lm(cfg.model)
     _build_task_reward(cfg, tokenizer, model, progress, log)
     train_env, test_env = make_envs(cfg, tokenizer, ppo_cfg.batch_size)
@@ -232,13 +238,27 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
         before, before_samples = evaluate()
         atomic_write_text(report_path, json.dumps({"config": asdict(cfg), "before": before,
                                                    "before_samples": before_samples[:8]}, indent=1))
-    agent.learn(cfg.iterations, progress=progress)
+    heldout_path = out / "heldout.jsonl"
+    heldout = _read_heldout(heldout_path, agent.iteration) if resume else []
+    if before is not None and not heldout:
+        heldout = [{"iteration": 0, **before}]
+
+    def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
+        # The evaluation samples with its own generator on the test env, so the training run's random
+        # streams (and hence its numbers) are the same with or without it.
+        if cfg.eval_every and iteration % cfg.eval_every == 0 and iteration < cfg.iterations and dist.rank() == 0:
+            heldout.append({"iteration": iteration, **evaluate()[0]})
+            atomic_write_text(heldout_path, "".join(json.dumps(r) + "\n" for r in heldout))
+
+    agent.learn(cfg.iterations, callback=on_iteration, progress=progress)
     if dist.rank() != 0:  # rank 0 alone evaluates and writes the model and report
         return None
     after, after_samples = evaluate()
+    heldout.append({"iteration": agent.iteration, **after})
+    atomic_write_text(heldout_path, "".join(json.dumps(r) + "\n" for r in heldout))
     agent.save_pretrained(out / "final_model")
     plot = agent.logger.plot()
-    overopt_plot = plot_overoptimisation(agent.logger.rows, out / "overoptimisation.png")
+    overopt_plot = plot_overoptimisation(agent.logger.rows, out / "overoptimisation.png", heldout=heldout)
     wall = time.time() - t0
     report = json.loads(report_path.read_text())
     report.update({"after": after, "after_samples": after_samples[:8], "wall_time_s": wall,
@@ -249,14 +269,32 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     return report
 
 
-def plot_overoptimisation(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Proxy and gold score of each iteration's rollouts against sqrt(KL to the reference).
+def _read_heldout(path: Path, up_to: int) -> list[dict[str, Any]]:
+    """The held-out points a resumed run already measured, up to its checkpoint's iteration."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("iteration", 0) <= up_to]
+
+
+def plot_overoptimisation(rows: list[dict[str, Any]], path: Path,
+                          heldout: list[dict[str, Any]] | None = None) -> Path | None:
+    """Proxy and gold score against sqrt(KL to the reference).
 
     Gao et al. (2022) found both scores trace smooth curves in d = sqrt(KL): the proxy keeps rising
     while the gold score bends over and falls once the policy exploits the reward model's errors.
-    Plotting them on one axis shows where the two part ways. Returns None without gold scores.
+    Plotting them on one axis shows where the two part ways. The points are the held-out
+    evaluations (``heldout``: before, every ``eval_every`` iterations, after) when there are at
+    least three; otherwise each iteration's training rollouts. Returns None without gold scores.
     """
-    rows = [r for r in rows if math.isfinite(r.get("gold_score", math.nan))]
+    held = [r for r in (heldout or []) if math.isfinite(r.get("gold_score", math.nan))]
+    if len(held) >= 3:
+        rows = [{"iteration": r["iteration"], "score": r["proxy_score"], "gold_score": r["gold_score"],
+                 "kl": r["kl_to_reference"]} for r in held]
+        source = "held-out prompts"
+    else:
+        rows = [r for r in rows if math.isfinite(r.get("gold_score", math.nan))]
+        source = "training rollouts"
     if not rows:
         return None
     import matplotlib
@@ -272,7 +310,7 @@ def plot_overoptimisation(rows: list[dict[str, Any]], path: Path) -> Path | None
     for r, x in zip(rows, d):
         ax.annotate(str(r["iteration"]), (x, r["gold_score"]), fontsize=6, alpha=0.6)
     ax.set_xlabel("sqrt(KL to reference), KL in nats per response")
-    ax.set_ylabel("score of the iteration's rollouts")
+    ax.set_ylabel(f"mean score ({source})")
     ax.set_title("Reward over-optimisation: proxy vs gold")
     ax.grid(alpha=0.3)
     ax.legend()
