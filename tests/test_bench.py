@@ -1,15 +1,22 @@
-"""``tokengym bench``: equal token budgets, JSON that combines across invocations, Markdown table, PNG."""
+"""``tokengym bench``: equal token budgets, held-out checkpoints for matched-KL tables, best-of-n,
+confidence intervals, resumable JSON that never mixes settings, Markdown and PNG."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 
+import numpy as np
 import pytest
 
+from tokengym import benchstats
 from tokengym import compare as bench
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+COMMON = ["--model", "toy", "--budget", "96", "--batch-size", "8", "--max-new-tokens", "4", "--eval-prompts", "8",
+          "--eval-points", "2", "--best-of-n", "4"]
 
 
 def parse(argv):
@@ -20,25 +27,93 @@ def parse(argv):
 
 
 def test_bench_toy_runs_combine_and_render(tmp_path):
-    common = ["--model", "toy", "--seeds", "1", "--budget", "96", "--batch-size", "8", "--max-new-tokens", "4",
-              "--eval-prompts", "8", "--out", str(tmp_path)]
+    common = [*COMMON, "--seeds", "1", "--out", str(tmp_path)]
     args = parse(["--algos", "ppo,grpo,sb3-ppo", *common])
     assert args.func is bench.bench_command
     bench.run(args, command="tokengym bench first")
     bench.run(parse(["--algos", "reinforce", *common]), command="tokengym bench second")
     data = json.loads((tmp_path / "algos.json").read_text())
+    assert data["settings"]["env"] == "tokengym/PositiveReview-v0"  # toy models get the VADER-paid task
     assert sorted(r["algo"] for r in data["runs"]) == ["grpo", "ppo", "reinforce", "sb3-ppo"]
     for r in data["runs"]:
         assert 96 <= r["tokens"] < 96 + 8 * 4 + 1  # equal budgets, overshoot at most one rollout
         assert r["curve"] and r["curve"][-1]["tokens"] == r["tokens"] or r["algo"].startswith("sb3")
+        assert all("wall_s" in c for c in r["curve"])
         assert set(r["final"]) >= {"proxy_score", "gold_score", "kl_to_reference", "kl_to_reference_k3", "mean_length"}
+        # --eval-points 2: one held-out evaluation halfway, one at the end
+        assert len(r["checkpoints"]) == 1 and 48 <= r["checkpoints"][0]["tokens"] < 96
     assert abs(data["initial"]["kl_to_reference"]) < 1e-3  # the policy is the reference
+    assert [p["n"] for p in data["best_of_n"]] == [1, 2, 4]
+    assert data["best_of_n"][0]["kl"] == 0 and data["best_of_n"][2]["kl"] == pytest.approx(math.log(4) - 0.75)
+    assert "cpu_model" in data["machine"]
     md = (tmp_path / "algos.md").read_text()
-    assert "| ppo | 1 |" in md and "| sb3-ppo | 1 |" in md and "(initial policy)" in md
+    assert "| ppo | 1 |" in md and "| sb3-ppo | 1 |" in md and "(initial policy)" in md and "best-of-4" in md
+    assert "Gold score at matched KL" in md and "| best-of-n |" in md
     assert "tokengym bench first" in md and "tokengym bench second" in md
     assert (tmp_path / "algos.png").stat().st_size > 1000
 
 
-def test_bench_rejects_unknown_algorithms(tmp_path):
-    with pytest.raises(SystemExit, match="unknown algorithm"):
+def test_a_killed_bench_continues_where_it_stopped(tmp_path, monkeypatch):
+    argv = ["--algos", "reinforce,a2c", *COMMON, "--seeds", "2", "--out", str(tmp_path)]
+    trained = []
+    real = bench.train_tokengym
+
+    def dies_on_third(algo, *a, **k):
+        if len(trained) == 2:
+            raise KeyboardInterrupt
+        trained.append((algo, a[4]))
+        return real(algo, *a, **k)
+
+    monkeypatch.setattr(bench, "train_tokengym", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run(parse(argv))
+    done = json.loads((tmp_path / "algos.json").read_text())
+    assert [(r["algo"], r["seed"]) for r in done["runs"]] == [("reinforce", 0), ("a2c", 0)]
+    trained.clear()
+    monkeypatch.setattr(bench, "train_tokengym", lambda algo, *a, **k: trained.append((algo, a[4])) or real(algo, *a, **k))
+    bench.run(parse(argv))
+    assert trained == [("reinforce", 1), ("a2c", 1)]  # only what the killed run had not finished
+    data = json.loads((tmp_path / "algos.json").read_text())
+    assert sorted((r["algo"], r["seed"]) for r in data["runs"]) == [("a2c", 0), ("a2c", 1), ("reinforce", 0), ("reinforce", 1)]
+    assert data["runs"][:2] == done["runs"]  # the finished runs were kept as they were
+
+
+def test_results_of_other_settings_are_refused_not_mixed(tmp_path):
+    bench.run(parse(["--algos", "reinforce", *COMMON, "--seeds", "1", "--out", str(tmp_path)]))
+    before = (tmp_path / "algos.json").read_bytes()
+    with pytest.raises(FileExistsError, match="other settings .*lr"):
+        bench.run(parse(["--algos", "reinforce", *COMMON, "--seeds", "1", "--lr", "0.5", "--out", str(tmp_path)]))
+    assert (tmp_path / "algos.json").read_bytes() == before
+    (tmp_path / "mine.json").write_text('{"my": "data"}')
+    with pytest.raises(FileExistsError, match="not a tokengym bench result"):
+        bench.run(parse(["--algos", "reinforce", *COMMON, "--name", "mine", "--out", str(tmp_path)]))
+    assert (tmp_path / "mine.json").read_text() == '{"my": "data"}'
+
+
+def test_bench_rejects_bad_flags(tmp_path):
+    with pytest.raises(ValueError, match="--algos: unknown algorithm"):
         bench.run(parse(["--algos", "ppo,dqn", "--model", "toy", "--out", str(tmp_path)]))
+    with pytest.raises(ValueError, match="--kl-levels"):
+        bench.run(parse(["--kl-levels", "1,x", "--model", "toy", "--out", str(tmp_path)]))
+    assert not (tmp_path / "algos.json").exists()
+
+
+def test_bootstrap_interval_and_iqm():
+    x = [0.1, 0.5, 0.4, 0.3]
+    low, high = benchstats.bootstrap_ci(x)
+    assert low <= np.mean(x) <= high and (low, high) == benchstats.bootstrap_ci(x)  # seeded
+    assert min(x) <= low and high <= max(x)
+    assert benchstats.bootstrap_ci([2.0]) == (2.0, 2.0)
+    assert benchstats.iqm([1, 2, 3, 4]) == pytest.approx(2.5)  # the middle two
+    assert benchstats.iqm([1, 2, 100, 3, 4, 5, 6, 7]) == pytest.approx(np.mean([3, 4, 5, 6]))
+    assert benchstats.iqm([0, 1, 10]) == pytest.approx((0.25 * 0 + 1 + 0.25 * 10) / 1.5)
+    s = benchstats.summary([0.2, 0.4, float("nan")])
+    assert s["n"] == 2 and s["mean"] == pytest.approx(0.3)
+
+
+def test_score_at_matched_kl_interpolates_and_never_extrapolates():
+    kls, scores = [0.0, 1.0, 3.0, 2.5, 5.0], [0.1, 0.3, 0.7, 0.6, 0.9]
+    assert benchstats.score_at_kl(kls, scores, 0.5) == pytest.approx(0.2)
+    assert benchstats.score_at_kl(kls, scores, 2.0) == pytest.approx(0.5)  # first crossing, between 1 and 3
+    assert benchstats.score_at_kl(kls, scores, 6.0) is None
+    assert benchstats.score_at_kl([1.0, 2.0], [0.1, 0.2], 0.5) is None  # starts above the level

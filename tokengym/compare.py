@@ -1,22 +1,26 @@
 """``tokengym bench``: train several algorithms on one task with equal budgets of generated tokens.
 
-    tokengym bench --algos ppo,reinforce,a2c,rloo,grpo,sb3-ppo --env tokengym/PositiveReview-v0 \\
-        --seeds 3 --budget 4096 --out bench/results
+    tokengym bench --algos ppo,reinforce,a2c,rloo,grpo,sb3-ppo --seeds 3 --out bench/results
 
 Every run (algorithm x seed) starts from the same weights, optimises the same reward with the same
 fixed KL coefficient (per-token penalty against a frozen copy of the initial model; SB3 through
 :class:`~tokengym.agents.sb3.KLPenaltyWrapper`), and stops once it has generated ``--budget``
 response tokens (a run finishes its last rollout, so it may overshoot by up to one batch; the
-tokens column says how many it generated). Each final policy is then evaluated the same way: one
-sampled response (temperature 1) to each of ``--eval-prompts`` held-out prompts (the ``test`` split
-when the prompt set has one), scored by the proxy reward and the gold judge, and the KL to the initial
-model is summed over the response tokens (a Monte-Carlo estimate of KL(pi || pi_ref) in nats per
-response, with the k3 estimator: unbiased and never negative; the k1 estimate is kept in the JSON).
-Wall time and tokens/s cover training only (not loading or evaluation).
+tokens column says how many it generated). The default budget is the main job's.
 
-Outputs in ``--out``: ``<name>.json`` (every run, with settings and learning curves; runs of the same
-settings already in the file are kept, so separate invocations combine), ``<name>.md`` (a table of
-mean ± std over seeds, and the command) and ``<name>.png`` (learning curves vs tokens generated).
+Each run is evaluated on the held-out prompts by the one evaluator
+(:func:`tokengym.agents.evaluation.evaluate_policy`: proxy, gold, KL k1 and k3, perplexity,
+diversity) ``--eval-points - 1`` times during training and at the end, so the tables can compare
+algorithms at **matched KL** (RLHF trades reward for divergence: a higher final score bought with
+more KL is not a better algorithm). **Best-of-n** (the proxy keeps the best of n reference
+samples, at KL ``log n - (n-1)/n``) sits in the same tables as the training-free baseline.
+
+Outputs in ``--out``: ``<name>.json`` (settings, machine, every run with its learning curve and
+held-out points), ``<name>.md`` (mean with a 95 % bootstrap interval and the IQM over seeds; gold at
+matched KL) and ``<name>.png`` (curves against tokens and training wall time, and the held-out
+reward-KL frontier); see :mod:`tokengym.compare_report`. The JSON is rewritten atomically after
+every run, and runs already in it (same settings) are skipped, so a killed benchmark rerun with the
+same command continues where it stopped; a file of other settings is never mixed with these.
 ``--model toy`` = a tiny random Llama with the 40-word toy tokenizer and toy prompts (seconds);
 ``tiny`` = a tiny random Llama with the SmolLM2 tokenizer; default ``smollm2`` (the real policy).
 """
@@ -25,19 +29,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ALGOS = ("ppo", "reinforce", "a2c", "rloo", "grpo", "sb3-ppo", "sb3-a2c")
-CURVE_KEYS = ("score", "gold_score", "kl")
+from tokengym.compare_report import ALGOS, CURVE_KEYS, frontier_table, load_results, markdown_table, render
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ def make_agent(algo: str, env: Any, model: Any, args: argparse.Namespace, seed: 
     B = args.batch_size
     common = dict(
         seed=seed, batch_size=B, learning_rate=args.lr, anneal_lr=False, kl_coef=args.kl_coef, adaptive_kl=False,
-        sample_every=0, ent_coef=args.ent_coef,
+        sample_every=0, ent_coef=args.ent_coef, lora_r=args.lora_r, checkpoint_every=0,
     )
     if algo == "ppo":
         cfg = PPOConfig(**common, minibatch_size=max(1, B // 2), micro_batch_size=min(args.micro_batch_size, max(1, B // 2)))
@@ -103,7 +104,28 @@ def make_agent(algo: str, env: Any, model: Any, args: argparse.Namespace, seed: 
 # ----------------------------------------------------------------------------------------------
 # Training runs
 # ----------------------------------------------------------------------------------------------
-def train_tokengym(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+class Checkpoints:
+    """Held-out evaluations at evenly spaced token budgets during a run (the KL-reward frontier).
+
+    Wall time excludes the evaluations, so ``wall_s`` and tokens/s stay training-only.
+    """
+
+    def __init__(self, args: argparse.Namespace, evaluate_fn: Any) -> None:
+        k = max(int(args.eval_points), 1)
+        self.thresholds = [args.budget * j / k for j in range(1, k)]
+        self.evaluate_fn, self.points, self.eval_s = evaluate_fn, [], 0.0
+
+    def maybe(self, tokens: int, wall_s: float, policy: Any) -> None:
+        while self.thresholds and tokens >= self.thresholds[0]:
+            self.thresholds.pop(0)
+            t0 = time.perf_counter()
+            metrics = self.evaluate_fn(policy)
+            self.eval_s += time.perf_counter() - t0
+            self.points.append({"tokens": tokens, "wall_s": wall_s, **{k: v for k, v in metrics.items() if k != "samples"}})
+
+
+def train_tokengym(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: argparse.Namespace, seed: int,
+                   checkpoints: Checkpoints) -> dict[str, Any]:
     from tokengym.envs import BatchedTextEnv
 
     env = BatchedTextEnv(num_envs=args.batch_size, tokenizer=tok, split="train", **kwargs)
@@ -114,13 +136,18 @@ def train_tokengym(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args
     while tokens < args.budget:
         m = agent.step()
         tokens += int(round(m["response_length"] * args.batch_size))
-        curve.append({"tokens": tokens, **{k: m[k] for k in CURVE_KEYS}})
+        wall = time.perf_counter() - t0 - checkpoints.eval_s
+        curve.append({"tokens": tokens, "wall_s": wall, **{k: m[k] for k in CURVE_KEYS}})
         if args.verbose:
             print(f"  {algo} seed {seed}: {tokens} tokens, score {m['score']:.3f}, kl {m['kl']:.3f}", file=sys.stderr)
-    return {"policy": agent.ac.policy, "tokens": tokens, "wall_s": time.perf_counter() - t0, "curve": curve}
+        if tokens < args.budget:
+            checkpoints.maybe(tokens, wall, agent.ac.policy)
+    return {"policy": agent.ac.policy, "tokens": tokens, "wall_s": time.perf_counter() - t0 - checkpoints.eval_s,
+            "curve": curve}
 
 
-def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: argparse.Namespace, seed: int,
+              checkpoints: Checkpoints) -> dict[str, Any]:
     import gymnasium as gym
     from stable_baselines3 import A2C, PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -138,11 +165,11 @@ def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: arg
     env = DummyVecEnv([lambda w=w: Monitor(w) for w in wrappers])
     n_steps = T  # per env
     if algo == "sb3-ppo":
-        sb3 = PPO(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=args.lr, n_steps=n_steps,
+        sb3 = PPO(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=args.sb3_lr, n_steps=n_steps,
                   batch_size=max(1, n_steps * args.batch_size // 2), n_epochs=4, gamma=1.0, gae_lambda=0.95,
                   clip_range=0.2, ent_coef=args.ent_coef, vf_coef=0.1, max_grad_norm=1.0, seed=seed, verbose=0, device="cpu")
     else:
-        sb3 = A2C(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=args.lr, n_steps=n_steps,
+        sb3 = A2C(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=args.sb3_lr, n_steps=n_steps,
                   gamma=1.0, gae_lambda=1.0, ent_coef=args.ent_coef, vf_coef=0.5, max_grad_norm=1.0, seed=seed,
                   verbose=0, device="cpu")
     for w in wrappers:
@@ -162,16 +189,21 @@ def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: arg
             return True
 
         def _on_rollout_end(self) -> None:
+            wall = time.perf_counter() - t0 - checkpoints.eval_s
             if self.ends:
-                self.curve.append({"tokens": int(self.num_timesteps), **{k: float(np.mean([e[k] for e in self.ends])) for k in CURVE_KEYS}})
+                self.curve.append({"tokens": int(self.num_timesteps), "wall_s": wall,
+                                   **{k: float(np.mean([e[k] for e in self.ends])) for k in CURVE_KEYS}})
                 self.ends = []
+            if self.num_timesteps < args.budget:
+                checkpoints.maybe(int(self.num_timesteps), wall, sb3.policy.lm)
             if args.verbose and self.curve:
                 print(f"  {algo} seed {seed}: {self.num_timesteps} tokens, score {self.curve[-1]['score']:.3f}", file=sys.stderr)
 
     cb = Curve()
     t0 = time.perf_counter()
     sb3.learn(total_timesteps=args.budget, callback=cb)
-    return {"policy": sb3.policy.lm, "tokens": int(sb3.num_timesteps), "wall_s": time.perf_counter() - t0, "curve": cb.curve}
+    return {"policy": sb3.policy.lm, "tokens": int(sb3.num_timesteps), "wall_s": time.perf_counter() - t0 - checkpoints.eval_s,
+            "curve": cb.curve}
 
 
 def evaluate(policy: Any, reference: Any, tok: Any, kwargs: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
@@ -189,109 +221,38 @@ def evaluate(policy: Any, reference: Any, tok: Any, kwargs: dict[str, Any], n: i
     return {**metrics, "samples": samples[:3]}
 
 
+def best_of_n(model: Any, tok: Any, kwargs: dict[str, Any], args: argparse.Namespace) -> list[dict[str, float]]:
+    """The best-of-n baseline on the held-out prompts: ``--best-of-n`` reference samples per prompt,
+    the proxy keeps the best of n, at the analytic KL ``log n - (n - 1) / n`` (exact expectation over
+    all n-subsets, :func:`tokengym.overopt.best_of_n_expectation`)."""
+    import torch
+
+    from tokengym.agents import CachedSampler
+    from tokengym.envs import BatchedTextEnv
+    from tokengym.overopt import best_of_n_curve
+
+    N = args.best_of_n
+    split = "test" if has_test_split(kwargs.get("prompts", "movie_reviews")) else None
+    env = BatchedTextEnv(num_envs=N, tokenizer=tok, split=split, **kwargs)
+    sampler = CachedSampler(model.eval())
+    gen = torch.Generator().manual_seed(777)
+    proxy, gold = [], []
+    for i in range(min(args.eval_prompts, len(env.prompts))):
+        b = sampler.rollout(env, seed=777 + i, generator=gen, options={"prompt_indices": np.full(N, i)})
+        proxy.append(b.scores.numpy())
+        gold.append(b.gold_scores.numpy() if b.gold_scores is not None else np.full(N, math.nan))
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= N]
+    return best_of_n_curve(np.stack(proxy), np.stack(gold), ns)
+
+
 # ----------------------------------------------------------------------------------------------
 # Results: JSON, Markdown, PNG
 # ----------------------------------------------------------------------------------------------
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("env", "model", "budget", "batch_size", "lr", "kl_coef", "ent_coef", "group_size", "max_new_tokens", "eval_prompts")
+    keys = ("env", "model", "budget", "batch_size", "lr", "sb3_lr", "kl_coef", "ent_coef", "group_size", "max_new_tokens",
+            "eval_prompts", "eval_points", "best_of_n")
     # The evaluator's version: results measured with other metric names are never mixed with these.
     return {"evaluator": 2, **{k: getattr(args, k) for k in keys}}
-
-
-def load_results(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if data.get("settings") == settings:
-            return data
-        print(f"{path} holds runs of other settings; writing a new file over it", file=sys.stderr)
-    return {"settings": settings, "commands": [], "initial": None, "runs": []}
-
-
-def _pm(values: list[float], digits: int = 3) -> str:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
-
-
-def markdown_table(data: dict[str, Any]) -> str:
-    rows = ["| algorithm | seeds | gold score | proxy score | KL to ref (nats/response) | wall time (s) | tokens/s | tokens |",
-            "|---|---|---|---|---|---|---|---|"]
-    init = data.get("initial")
-    if init:
-        rows.append(f"| (initial policy) | – | {_pm([init['gold_score']])} | {_pm([init['proxy_score']])} | {_pm([init['kl_to_reference']])} | – | – | 0 |")
-    algos = [a for a in ALGOS if any(r["algo"] == a for r in data["runs"])]
-    algos += sorted({r["algo"] for r in data["runs"]} - set(algos))
-    for algo in algos:
-        runs = [r for r in data["runs"] if r["algo"] == algo]
-        f = lambda key: [r["final"][key] for r in runs]  # noqa: E731
-        rows.append(
-            f"| {algo} | {len(runs)} | {_pm(f('gold_score'))} | {_pm(f('proxy_score'))} | {_pm(f('kl_to_reference'))} | "
-            f"{_pm([r['wall_s'] for r in runs], 1)} | {_pm([r['tokens'] / r['wall_s'] for r in runs], 1)} | "
-            f"{_pm([float(r['tokens']) for r in runs], 0)} |"
-        )
-    return "\n".join(rows)
-
-
-def write_markdown(data: dict[str, Any], path: Path) -> None:
-    s = data["settings"]
-    text = [
-        f"# Benchmark: {s['env']}, model `{s['model']}`, budget {s['budget']} generated tokens per run", "",
-        markdown_table(data), "",
-        f"Mean ± sample std over seeds. Same reward, fixed KL coefficient {s['kl_coef']}, learning rate {s['lr']}, "
-        f"batch {s['batch_size']} episodes (group size {s['group_size']} for rloo/grpo), entropy coefficient {s['ent_coef']}. "
-        f"Final scores: one sampled response to each of {s['eval_prompts']} held-out prompts; KL (k3 estimator) summed over response tokens. "
-        "Wall time and tokens/s: training only.", "",
-        "Produced by:", "",
-        *[f"    {c}" for c in data.get("commands", [])],
-    ]
-    path.write_text("\n".join(text) + "\n")
-
-
-def plot_curves(data: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    budget = data["settings"]["budget"]
-    grid = np.linspace(0, budget, 41)[1:]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    titles = {"score": "proxy score (training rollouts)", "gold_score": "gold score (training rollouts)",
-              "kl": "KL to ref, nats/response (training rollouts, k1)"}
-    for ax, key in zip(axes, CURVE_KEYS):
-        for algo in sorted({r["algo"] for r in data["runs"]}, key=lambda a: ALGOS.index(a) if a in ALGOS else 99):
-            ys = []
-            for r in (r for r in data["runs"] if r["algo"] == algo):
-                pts = [(c["tokens"], c[key]) for c in r["curve"] if c.get(key) is not None and math.isfinite(c[key])]
-                if pts:
-                    x, y = zip(*pts)
-                    ys.append(np.interp(grid, x, y, left=np.nan))
-            if not ys:
-                continue
-            ys = np.array(ys)
-            with warnings.catch_warnings(), np.errstate(all="ignore"):  # grid points before a run's first rollout
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean, std = np.nanmean(ys, 0), np.nanstd(ys, 0)
-            ax.plot(grid, mean, label=algo)
-            ax.fill_between(grid, mean - std, mean + std, alpha=0.15)
-        ax.set_title(titles[key])
-        ax.set_xlabel("tokens generated")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{data['settings']['env']} · {data['settings']['model']} · mean ± std over seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def render(data: dict[str, Any], out: Path, name: str) -> None:
-    (out / f"{name}.json").write_text(json.dumps(data, indent=1))
-    write_markdown(data, out / f"{name}.md")
-    if data["runs"]:
-        plot_curves(data, out / f"{name}.png")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,64 +260,103 @@ def render(data: dict[str, Any], out: Path, name: str) -> None:
 # ----------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algos", default="ppo,reinforce,a2c,rloo,grpo,sb3-ppo", help=f"comma-separated, from {', '.join(ALGOS)}")
-    p.add_argument("--env", default="tokengym/PositiveReview-v0", help="a registered tokengym task")
+    p.add_argument("--env", default=None,
+                   help="a registered tokengym task (default: the main task, tokengym/PositiveReview-v1; "
+                        "tokengym/PositiveReview-v0, paid by VADER, for --model toy/tiny)")
     p.add_argument("--model", default="smollm2", help="'toy', 'tiny', 'smollm2' (default) or a local model path")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds: seed-start .. seed-start+N-1")
     p.add_argument("--seed-start", type=int, default=0, help="first seed (to add seeds to an earlier run's JSON)")
-    p.add_argument("--budget", type=int, default=4096, help="generated response tokens per run")
+    p.add_argument("--budget", type=int, default=4608,
+                   help="generated response tokens per run (default: the main job's, 12 x 16 x 24)")
     p.add_argument("--out", default="bench/results", help="output folder")
     p.add_argument("--name", default="algos", help="file stem of the outputs")
     p.add_argument("--batch-size", type=int, default=16, help="episodes per rollout (tokengym agents; SB3 n_steps = this x max_new_tokens)")
     p.add_argument("--micro-batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=None, help="learning rate for every algorithm (default: 1e-5 real, 1e-3 tiny, 1e-2 toy)")
-    p.add_argument("--kl-coef", type=float, default=0.05, help="fixed KL coefficient beta for every algorithm")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the tokengym agents (default: 3e-4 real (LoRA r16, the main job's), 1e-3 tiny, 1e-2 toy)")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank of the tokengym agents (default 16 real, 0 = full toy/tiny)")
+    p.add_argument("--sb3-lr", type=float, default=None,
+                   help="learning rate of the SB3 agents, which fine-tune every weight (default: 1e-5 real, else --lr)")
+    p.add_argument("--kl-coef", type=float, default=0.1, help="fixed KL coefficient beta for every algorithm")
     p.add_argument("--ent-coef", type=float, default=0.0)
     p.add_argument("--group-size", type=int, default=4, help="samples per prompt for rloo/grpo")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the task's response length")
-    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts in the final evaluation")
+    p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts in each evaluation")
+    p.add_argument("--eval-points", type=int, default=4,
+                   help="held-out evaluations per run: K-1 during training (evenly spaced in tokens) plus the final one")
+    p.add_argument("--kl-levels", default="1,2,4", help="KL levels (nats per response) of the matched-KL table")
+    p.add_argument("--best-of-n", type=int, default=16, help="N of the best-of-n baseline (0 = none)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--verbose", action="store_true")
 
 
 def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
+    """Every (algorithm, seed) of ``args`` not yet in the results file of the same settings: a killed
+    benchmark rerun with the same command continues where it stopped."""
     import torch
 
     from tokengym.utils import seed_everything
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    small = args.model in ("toy", "tiny")
+    if args.env is None:  # the learned reward model is built for SmolLM2's text; toy models get the VADER-paid task
+        args.env = "tokengym/PositiveReview-v0" if small else "tokengym/PositiveReview-v1"
     if args.lr is None:
-        args.lr = {"toy": 1e-2, "tiny": 1e-3}.get(args.model, 1e-5)
+        args.lr = {"toy": 1e-2, "tiny": 1e-3}.get(args.model, 3e-4)
+    if args.lora_r is None:
+        args.lora_r = 0 if small else 16
+    if args.sb3_lr is None:
+        args.sb3_lr = args.lr if small else 1e-5
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     bad = [a for a in algos if a not in ALGOS]
     if bad:
-        raise SystemExit(f"unknown algorithm(s) {', '.join(bad)}; choose from {', '.join(ALGOS)}")
+        raise ValueError(f"--algos: unknown algorithm(s) {', '.join(bad)}; choose from {', '.join(ALGOS)}")
+    try:
+        levels = [float(x) for x in args.kl_levels.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--kl-levels must be comma-separated numbers, got {args.kl_levels!r}") from None
+    for flag, value, low in (("--budget", args.budget, 1), ("--seeds", args.seeds, 1), ("--eval-prompts", args.eval_prompts, 1),
+                             ("--eval-points", args.eval_points, 1), ("--best-of-n", args.best_of_n, 0)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_results(out / f"{args.name}.json", settings_of(args))
     data["commands"].append(command or "tokengym bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]))
+    from tokengym.hardware import hardware_record
+
+    data["machine"] = hardware_record()
     tok, base_model, overrides = load_model(args.model)
     kwargs = env_kwargs(args.env, overrides)
     if args.max_new_tokens:
         kwargs["max_new_tokens"] = args.max_new_tokens
     reference = copy.deepcopy(base_model).eval().requires_grad_(False)
+
+    def held_out(policy: Any) -> dict[str, Any]:
+        return evaluate(policy, reference, tok, kwargs, args.eval_prompts, 12345)
+
     if data["initial"] is None:
-        data["initial"] = {k: v for k, v in evaluate(base_model, reference, tok, kwargs, args.eval_prompts, 12345).items()}
+        data["initial"] = held_out(base_model)
+    if args.best_of_n and data.get("best_of_n") is None:
+        data["best_of_n"] = best_of_n(base_model, tok, kwargs, args)
+    render(data, out, args.name, levels)
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         for algo in algos:
+            if any((r["algo"], r["seed"]) == (algo, seed) for r in data["runs"]):
+                continue  # measured by an earlier invocation with the same settings
             seed_everything(seed)
             model = copy.deepcopy(base_model)
             trainer = train_sb3 if algo.startswith("sb3-") else train_tokengym
-            res = trainer(algo, model, tok, kwargs, args, seed)
-            final = evaluate(res.pop("policy"), reference, tok, kwargs, args.eval_prompts, 12345)
-            run_ = {"algo": algo, "seed": seed, **res, "final": final}
-            data["runs"] = [r for r in data["runs"] if (r["algo"], r["seed"]) != (algo, seed)] + [run_]
-            print(f"{algo} seed {seed}: gold {final['gold_score']:.3f} proxy {final['proxy_score']:.3f} kl {final['kl_to_reference']:.2f} "
-                  f"({res['tokens']} tokens, {res['wall_s']:.1f} s)", file=sys.stderr)
-            render(data, out, args.name)
+            checkpoints = Checkpoints(args, held_out)
+            res = trainer(algo, model, tok, kwargs, args, seed, checkpoints)
+            final = held_out(res.pop("policy"))
+            data["runs"].append({"algo": algo, "seed": seed, **res, "checkpoints": checkpoints.points, "final": final})
+            print(f"{algo} seed {seed}: gold {final['gold_score']:.3f} proxy {final['proxy_score']:.3f} "
+                  f"kl {final['kl_to_reference']:.2f} ({res['tokens']} tokens, {res['wall_s']:.1f} s)", file=sys.stderr)
+            render(data, out, args.name, levels)
             del model
-    render(data, out, args.name)
-    print(markdown_table(data))
+    print(markdown_table(data) + "\n\n" + frontier_table(data, levels))
     return data
 
 
