@@ -1,13 +1,20 @@
-"""Token-level RL agents for language models."""
+"""Token-level RL agents for language models.
+
+``base.OnPolicyAgent`` / ``config.OnPolicyConfig`` hold what every agent shares; ``ppo``, ``pg``
+(REINFORCE, A2C) and ``group`` (RLOO, GRPO) each add one algorithm's targets and loss.
+"""
 
 from .advantages import gae, masked_mean, masked_whiten
 from .aids import AugmentationMixin, CurriculumScheduler, DistillationMixin, OutputAugmenter, with_aids
-from .group import GRPOAgent, GRPOConfig, RLOOAgent, RLOOConfig
-from .kl import AdaptiveKLController, FixedKLController, kl_per_token
+from .base import Experience, OnPolicyAgent
+from .config import OnPolicyConfig
+from .group import GroupAgent, GroupConfig, GRPOAgent, GRPOConfig, RLOOAgent, RLOOConfig
+from .kl import AdaptiveKLController, FixedKLController, kl_penalised_rewards, kl_per_token
 from .pg import A2CAgent, A2CConfig, ReinforceAgent, ReinforceConfig
 from .policy import ActorCritic, ValueHead
-from .ppo import NonFiniteError, PPOAgent, PPOConfig
+from .ppo import PPOAgent, PPOConfig
 from .rollout import CachedSampler, RolloutBatch
+from .update import NonFiniteError
 
 
 def __getattr__(name: str):
@@ -21,8 +28,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "A2CAgent", "A2CConfig", "ActorCritic", "AdaptiveKLController", "AugmentationMixin", "CachedSampler",
-    "CurriculumScheduler", "DistillationMixin", "FixedKLController", "GRPOAgent", "GRPOConfig", "KLPenaltyWrapper",
-    "LMActorCriticPolicy", "NonFiniteError", "OutputAugmenter", "PPOAgent", "PPOConfig", "RLOOAgent", "RLOOConfig",
-    "ReinforceAgent", "ReinforceConfig", "RolloutBatch", "ValueHead", "gae", "kl_per_token", "masked_mean",
+    "CurriculumScheduler", "DistillationMixin", "Experience", "FixedKLController", "GRPOAgent", "GRPOConfig",
+    "GroupAgent", "GroupConfig", "KLPenaltyWrapper", "LMActorCriticPolicy", "NonFiniteError", "OnPolicyAgent",
+    "OnPolicyConfig", "OutputAugmenter", "PPOAgent", "PPOConfig", "RLOOAgent", "RLOOConfig", "ReinforceAgent",
+    "ReinforceConfig", "RolloutBatch", "ValueHead", "gae", "kl_penalised_rewards", "kl_per_token", "masked_mean",
     "masked_whiten", "with_aids",
 ]

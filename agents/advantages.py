@@ -1,4 +1,4 @@
-"""Advantage estimation and masked statistics (checklist 19, 22-24)."""
+"""Advantage estimation (GAE) and masked statistics: means, variances, whitening over the response tokens."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def masked_whiten(
 ) -> torch.Tensor:
     """Normalise ``x`` to unit variance over ``mask``; ``shift_mean=False`` keeps the mean (rewards).
 
-    ``distributed=True`` uses the moments of every rank's entries together (issue 8), so N ranks
+    ``distributed=True`` uses the moments of every rank's entries together (a ``torchrun`` run), so N ranks
     whiten exactly as one process holding all their episodes would; identical to the local moments
     without a process group."""
     from tokengym import distributed as dist

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .policy import response_forward
-from .ppo import Experience, PPOAgent
+from .base import Experience, OnPolicyAgent
 from .rollout import RolloutBatch, mask_pad_logits
 
 
@@ -386,7 +386,7 @@ class DistillationMixin:
         return loss + self.distill_coef * distill, out
 
 
-def with_aids(agent_cls: type[PPOAgent], *mixins: type) -> type[PPOAgent]:
+def with_aids(agent_cls: type[OnPolicyAgent], *mixins: type) -> type[OnPolicyAgent]:
     """``agent_cls`` with ``mixins`` in front, e.g. ``with_aids(RLOOAgent, DistillationMixin)``."""
     name = "".join(m.__name__.removesuffix("Mixin") for m in mixins) + agent_cls.__name__
     return type(name, (*mixins, agent_cls), {})

@@ -1,4 +1,4 @@
-"""KL penalty: per-token estimators and the coefficient controllers (checklist 16-18)."""
+"""KL penalty: per-token estimators, the KL-penalised per-token rewards, and the coefficient controllers."""
 
 from __future__ import annotations
 
@@ -31,6 +31,20 @@ def kl_per_token(
     if estimator == "k3":
         return torch.expm1(-log_ratio) + log_ratio
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1' or 'k3'")
+
+
+def kl_penalised_rewards(kl: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token rewards of RLHF (Ziegler et al., 2019): ``r_t = -beta * KL_t``, plus the task score on
+    the last real token of each response. (B, T) from ``kl`` (B, T), ``scores`` (B,) and ``mask`` (B, T).
+
+    The score goes on index ``length - 1`` whatever the padding (an off-by-one here is a known bug of
+    other implementations); 0 off the mask, so an episode without a token (augmentation padding) gets
+    no score.
+    """
+    rewards = -beta * kl
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(rewards)), last] += scores
+    return where_mask(rewards, mask)
 
 
 class FixedKLController:

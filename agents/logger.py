@@ -29,6 +29,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's first line ([] for an empty file)."""
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
 class MetricsLogger:
     """Appends one row of scalar metrics per iteration under ``run_dir``; rank 0 only writes."""
 
@@ -56,8 +62,11 @@ class MetricsLogger:
             f.write(json.dumps(row) + "\n")
         csv_path = self.run_dir / "metrics.csv"
         new = not csv_path.exists()
+        # Appending to an existing file follows its header, so a row whose keys differ (a run resumed
+        # with another version or other aids) cannot shift values into the wrong columns.
+        fieldnames = list(row) if new else _csv_header(csv_path) or list(row)
         with open(csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)

@@ -1,10 +1,10 @@
 """The LM policy with a value head, and the frozen reference model.
 
-The value head is a linear layer on the policy's last hidden state, **zero-initialised** (checklist
-21): at the start V = 0 everywhere, so the first advantages are the whitened returns and a random
-critic cannot inject noise into the first policy updates. Sharing the trunk halves the forward cost
-(one forward gives log-probs and values together); the price is that value gradients reach the LM,
-kept small by ``vf_coef``.
+The value head is a linear layer on the policy's last hidden state, **zero-initialised** (the
+usual choice when the critic does not start from the reward model): at the start V = 0 everywhere,
+so the first advantages are the whitened returns and a random critic cannot inject noise into the
+first policy updates. Sharing the trunk halves the forward cost (one forward gives log-probs and
+values together); the price is that value gradients reach the LM, kept small by ``vf_coef``.
 """
 
 from __future__ import annotations
@@ -64,10 +64,11 @@ def response_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits that predict each response token, and optionally the hidden states there.
 
-    input_ids, attention_mask: (B, P+T). Position ids follow the mask (checklist 3). Logits are
-    computed only at the T positions that predict response tokens (P-1 .. P+T-2), never over the
-    prompt: that is most of the LM-head cost saved. Returns logits (B, T, V) fp32 divided by the
-    sampling temperature (checklist 6, 30) and hidden (B, T, H) or None.
+    input_ids, attention_mask: (B, P+T). Position ids follow the mask (left padding does not shift
+    them). Logits are computed only at the T positions that predict response tokens (P-1 .. P+T-2),
+    never over the prompt: that is most of the LM-head cost saved. Returns logits (B, T, V) in fp32
+    even for a bf16/fp16 model, divided by the sampling temperature (the same as when sampling, so
+    the first ratio is 1), and hidden (B, T, H) or None.
     """
     T = input_ids.shape[1] - prompt_len
     keep = torch.arange(prompt_len - 1, prompt_len + T - 1, device=input_ids.device)
@@ -135,7 +136,7 @@ class ActorCritic(nn.Module):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size(model))
         self._reference_fingerprint: str | None = None
-        self.policy.eval()  # dropout off for policy, reference and value (checklist 26)
+        self.policy.eval()  # dropout off for policy, reference and value: a random mask makes the ratio noise
 
     @property
     def uses_lora(self) -> bool:

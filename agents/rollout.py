@@ -23,7 +23,7 @@ class RolloutBatch:
     """One batch of finished episodes (B = num_envs, P = max_prompt_tokens, T = max_new_tokens).
 
     ``response_mask`` is 1 on every real response token *including* the stop token (it is an action
-    and stays in the loss, checklist 1 and 8), 0 on the right padding.
+    and stays in the loss, so the policy learns when to stop), 0 on the right padding.
     """
 
     prompt_ids: torch.Tensor  # (B, P) int64, left-padded
@@ -75,7 +75,7 @@ def mask_pad_logits(logits: torch.Tensor, pad_id: int) -> torch.Tensor:
 
 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Positions that count only real tokens (checklist 3): left padding does not shift them."""
+    """Positions that count only real tokens: left padding does not shift them."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
@@ -83,9 +83,10 @@ class CachedSampler:
     """Samples tokens for a :class:`BatchedTextEnv` with one forward per step and a KV cache.
 
     Sampling uses the raw policy distribution divided by ``temperature`` (no top-k/top-p: the PPO
-    log-probs must describe the distribution actually sampled, checklist 5-6), with the pad token
-    masked out (:func:`mask_pad_logits`). ``greedy=True`` takes the argmax (evaluation, or comparing
-    with ``generate(eos_token_id=env.stop_token_ids, suppress_tokens=[pad])``).
+    log-probs must describe the distribution actually sampled, or the sampled KL estimate turns
+    negative and gets exploited), with the pad token masked out (:func:`mask_pad_logits`).
+    ``greedy=True`` takes the argmax (evaluation, or comparing with
+    ``generate(eos_token_id=env.stop_token_ids, suppress_tokens=[pad])``).
 
     ``env`` is a :class:`BatchedTextEnv`, possibly wrapped, made with or without autoreset: the
     sampler steps ``env.unwrapped`` with autoreset disabled for the rollout, since an autoreset would
@@ -93,8 +94,9 @@ class CachedSampler:
 
     With a ``value_head`` (``(B, H) -> (B,)`` on the last hidden state) the sampler also records
     V(s_t) at every step. Together with ``sample_logprobs`` (fp32 log-softmax, eval mode, the same
-    temperature: the training forward run incrementally, checklist 7) that is everything PPO's
-    "old" forward would compute, so the agent can skip that forward (issue 7), as SB3 does.
+    temperature: the training forward run incrementally) that is everything PPO's "old" forward
+    would compute, so the agent can skip that forward (one forward of the batch saved per
+    iteration), as SB3 does.
     """
 
     def __init__(

@@ -11,11 +11,13 @@ causal LM on a tokengym env::
 * observation = the env's Dict (``input_ids``, ``attention_mask``; SB3 hands them over as float
   tensors, cast back to int64 here); the action distribution is ``Categorical`` over the vocabulary
   from the LM's next-token logits at the last real position; the value is a linear head
-  (zero-initialised, checklist 21) on the final hidden state there.
+  (zero-initialised, so a random critic adds no noise to the first updates) on the final hidden
+  state there.
 * SB3 re-encodes the whole sequence at every step (no KV cache: SB3 policies see observations, not
   episodes), so it costs ~(P+T)/2 times more LM compute per generated token than tokengym's agents;
   the columns that are padding in every row of a batch are cut off first.
-* The LM stays in eval mode (dropout off, checklist 26) even when SB3 calls ``set_training_mode(True)``.
+* The LM stays in eval mode (dropout off: a random mask would make the ratio noise) even when SB3
+  calls ``set_training_mode(True)``.
 * The distribution covers the env's whole action space, pad included (SB3 computes rollout and
   training log-probs with the same forward, so they agree either way): a sampled pad simply ends
   the episode, as the env treats pad as a stop token. tokengym's own sampler masks pad instead.
@@ -23,10 +25,10 @@ causal LM on a tokengym env::
   (it asks for ``render_mode="rgb_array"``, which the env draws).
 
 ``KLPenaltyWrapper`` adds ``-beta * (log pi(a_t|s_t) - log pi_ref(a_t|s_t))`` to each step's reward
-(checklist 16), so SB3 optimises the same KL-regularised objective as tokengym's agents (use
-``gamma=1``). The reference log-probs use a per-episode KV cache (exact: the reference is frozen);
-the policy's come from the ``LMActorCriticPolicy`` (reusing the forward SB3 just made to pick the
-action), an HF model, or a callable ``(obs, action) -> log-prob``.
+(``-beta * KL`` on every token), so SB3 optimises the same KL-regularised objective as tokengym's
+agents (use ``gamma=1``). The reference log-probs use a per-episode KV cache (exact: the reference
+is frozen); the policy's come from the ``LMActorCriticPolicy`` (reusing the forward SB3 just made to
+pick the action), an HF model, or a callable ``(obs, action) -> log-prob``.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ from .rollout import position_ids_from_mask
 def _prefix_carriers(ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
     """Rows whose real-token sequence starts with another row's share that row's forward.
 
-    With positions that follow the mask [c3], the hidden state at a row's last real token depends
-    only on its sequence of real tokens, so a row that is a prefix of another (an earlier step of the
-    same episode, which SB3 minibatches are full of) can read it off the longer row's forward.
+    With positions that follow the mask (left padding does not shift them), the hidden state at a
+    row's last real token depends only on its sequence of real tokens, so a row that is a prefix of
+    another (an earlier step of the same episode, which SB3 minibatches are full of) can read it off
+    the longer row's forward.
     Returns the carrier rows, and for every row its carrier's index in that list and the number of
     real tokens it reads.
     """
@@ -88,7 +91,7 @@ def last_token_forward(
         carriers, which, n_real = list(range(B)), list(range(B)), mask.sum(1).tolist()
     ids, mask = ids[carriers], mask[carriers]
     real = mask.any(0).nonzero()
-    if len(real):  # drop columns that are padding in every row (positions follow the mask, [c3])
+    if len(real):  # drop columns that are padding in every row (positions follow the mask: nothing changes)
         ids, mask = ids[:, int(real[0]) : int(real[-1]) + 1], mask[:, int(real[0]) : int(real[-1]) + 1]
     out = lm.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
     # column of each row's last real token inside its carrier: the n-th real column of the carrier
@@ -139,7 +142,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
 
     def set_training_mode(self, mode: bool) -> None:
         super().set_training_mode(mode)
-        self.lm.eval()  # dropout stays off [c26]
+        self.lm.eval()  # dropout stays off: a random mask would make the ratio noise
         self._cache.clear()  # parameters are about to change
 
     def _forward(self, obs: dict[str, torch.Tensor]) -> tuple[CategoricalDistribution, torch.Tensor]:
@@ -227,8 +230,8 @@ class _LMLogProb:
 
 class KLPenaltyWrapper(gym.Wrapper):
     """Per-step KL penalty: ``reward_t -= beta * KL_t`` with ``KL_t`` an estimate of
-    ``log pi(a_t|s_t) - log pi_ref(a_t|s_t)`` from the taken token ([c16-17]; ``estimator="k3"`` for
-    the non-negative one).
+    ``log pi(a_t|s_t) - log pi_ref(a_t|s_t)`` from the taken token (the per-token penalty of RLHF,
+    k1 by default; ``estimator="k3"`` for the non-negative one).
 
     ``reference``: a frozen HF causal LM (e.g. a deep copy of the initial policy) or a callable
     ``(obs, action) -> log-prob``. ``policy``: the :class:`LMActorCriticPolicy` (or its SB3 model), the
@@ -239,7 +242,7 @@ class KLPenaltyWrapper(gym.Wrapper):
     ``length_end_terminates=True`` (default) reports the end at ``max_new_tokens`` as ``terminated``
     (with ``info["truncated_by_length"]``): SB3 bootstraps ``gamma * V(s_end)`` into the reward of a
     *truncated* step (it reads truncation as a time limit), but the response length limit really ends
-    the episode (checklist 22: nothing after the last token bootstraps), as in tokengym's agents.
+    the episode (nothing after the last token bootstraps), as in tokengym's agents.
     """
 
     def __init__(

@@ -74,7 +74,7 @@ def ours_child(args: argparse.Namespace) -> None:
                          max_new_tokens=args.new_tokens, max_prompt_tokens=args.prompt_tokens,
                          stop_token_ids=never_stop(tok))
     common = dict(batch_size=args.batch, micro_batch_size=args.micro, kl_coef=args.beta, adaptive_kl=False,
-                  sample_every=0, anneal_lr=False, learning_rate=1e-5)
+                  sample_every=0, anneal_lr=False, learning_rate=1e-5, lora_r=0, checkpoint_every=0)
     if args.child == "ppo":
         agent = PPOAgent(env, model, PPOConfig(**common, minibatch_size=args.micro, ppo_epochs=args.epochs))
     elif args.child == "rloo":

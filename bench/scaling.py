@@ -53,7 +53,7 @@ def build_agent(model: str, batch: int, max_new_tokens: int, seed: int):
         env = BatchedTextEnv(batch, tokenizer=tok, prompts=TOY_PROMPTS, split=None, max_new_tokens=max_new_tokens,
                              max_prompt_tokens=4, reward=reward)
         cfg = PPOConfig(batch_size=batch, minibatch_size=batch // 2, micro_batch_size=batch // 2, ppo_epochs=2,
-                        learning_rate=3e-3, sample_every=0, seed=seed)
+                        learning_rate=3e-3, sample_every=0, seed=seed, lora_r=0)
     else:
         import gymnasium as gym
 

@@ -68,7 +68,8 @@ def main() -> None:
     ppo = ppo_agent_step(
         args.ppo_iterations,
         env_kwargs={"prompts": prompts, "split": None, "max_new_tokens": args.max_new_tokens},
-        config=PPOConfig(seed=args.seed, batch_size=8, minibatch_size=4, micro_batch_size=4, ppo_epochs=2),
+        config=PPOConfig(seed=args.seed, batch_size=8, minibatch_size=4, micro_batch_size=4, ppo_epochs=2,
+                         checkpoint_every=0),
     )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir or tmp)

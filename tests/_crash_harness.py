@@ -63,7 +63,7 @@ def good_share(prompt: str, response: str) -> float:
 
 def config() -> PPOConfig:
     return PPOConfig(
-        batch_size=N_ENVS, minibatch_size=2, micro_batch_size=2, ppo_epochs=1, learning_rate=3e-3,
+        batch_size=N_ENVS, minibatch_size=2, micro_batch_size=2, ppo_epochs=1, learning_rate=3e-3, lora_r=0,
         anneal_lr=True, adaptive_kl=True, kl_target=0.5, kl_horizon=40, sample_every=1, checkpoint_every=1,
     )
 
@@ -124,7 +124,7 @@ def install_crash(agent: PPOAgent, run_dir: Path, point: str, k: int, n: int) ->
 
         agent.optimizer.step = opt_step
     elif point == "ckpt_write":
-        ppo_module = sys.modules[type(agent).__module__]
+        ppo_module = sys.modules["tokengym.agents.checkpoint"]  # where checkpoints are written
         real_save_file = ppo_module.save_file
 
         def save_file(tensors, filename, *a, **kw):

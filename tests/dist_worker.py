@@ -44,7 +44,7 @@ def make_env(tok, n: int) -> BatchedTextEnv:
 def check_config(batch: int) -> PPOConfig:
     """One minibatch of the whole (local) batch and one epoch: the update does not depend on the
     minibatch order, so N ranks x B/N episodes can be compared with 1 process x B episodes."""
-    return PPOConfig(batch_size=batch, minibatch_size=batch, micro_batch_size=max(1, batch // 2), ppo_epochs=1,
+    return PPOConfig(batch_size=batch, minibatch_size=batch, micro_batch_size=max(1, batch // 2), ppo_epochs=1, lora_r=0,
                      learning_rate=1e-2, anneal_lr=False, kl_coef=0.2, kl_target=0.5, kl_horizon=100,
                      sample_every=0, ratio_threshold=None)
 
@@ -148,7 +148,8 @@ def cmd_train(out: Path, iters: int, resume: bool, hang_after: int | None) -> No
     tok = make_toy_tokenizer()
     _, model = make_tiny_causal_lm(tok, hidden=32, n_layers=1, n_heads=2, seed=0)
     cfg = PPOConfig(batch_size=4, minibatch_size=2, micro_batch_size=2, ppo_epochs=2, learning_rate=3e-3,
-                    sample_every=0, checkpoint_every=1, seed=5)
+                    sample_every=0, checkpoint_every=1, seed=5, lora_r=0, anneal_lr=True, kl_coef=0.05,
+                    kl_target=6.0, kl_horizon=10000)
     agent = PPOAgent(make_env(tok, 4), model, cfg, run_dir=str(out / "run"))
     if resume:
         agent.load_checkpoint(out / "run" / "checkpoint")

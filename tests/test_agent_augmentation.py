@@ -34,7 +34,10 @@ def model(tok):
 
 
 def cfg(config_cls=PPOConfig, **kw):
-    base = dict(batch_size=8, micro_batch_size=4, ppo_epochs=1, learning_rate=1e-2, anneal_lr=False, sample_every=0)
+    # Full fine-tuning, beta 0.05 and the slow adaptive controller these tests were written with (not the
+    # main job's defaults: LoRA r=16, beta 0.1, KL target 3, horizon 32).
+    base = dict(batch_size=8, micro_batch_size=4, ppo_epochs=1, learning_rate=1e-2, anneal_lr=False, sample_every=0,
+                lora_r=0, kl_coef=0.05, kl_target=6.0, kl_horizon=10000)
     if config_cls is PPOConfig:
         base["minibatch_size"] = 4
     return config_cls(**{**base, **kw})

@@ -32,8 +32,9 @@ def good_share(prompt: str, response: str) -> float:
 def make_agent(tok, model=None, n: int = 8, **kw) -> PPOAgent:
     env = BatchedTextEnv(n, tokenizer=tok, reward=good_share, prompts=TOY_PROMPTS, split=None, max_new_tokens=5,
                          max_prompt_tokens=4)
+    # Full fine-tuning and beta 0.05, as these tests were written (not the main job's LoRA r=16, beta 0.1).
     cfg = dict(batch_size=n, minibatch_size=4, micro_batch_size=4, ppo_epochs=1, learning_rate=1e-2, anneal_lr=False,
-               sample_every=0, adaptive_kl=False)
+               sample_every=0, adaptive_kl=False, lora_r=0, kl_coef=0.05)
     cfg.update(kw)
     if model is None:
         model = make_tiny_causal_lm(tok, hidden=16, n_layers=1, n_heads=2, seed=0)[1]

@@ -36,8 +36,11 @@ def model(tok, seed: int = 0):
 
 
 def cfg(**kw) -> PPOConfig:
+    # Full fine-tuning, beta 0.05 and the slow adaptive controller these tests were written with (not the
+    # main job's defaults: LoRA r=16, beta 0.1, KL target 3, horizon 32).
     base = dict(batch_size=4, minibatch_size=2, micro_batch_size=2, ppo_epochs=1, learning_rate=1e-2, anneal_lr=False,
-                sample_every=0)
+                sample_every=0, lora_r=0, lora_alpha=16, kl_coef=0.05, kl_target=6.0, kl_horizon=10000,
+                checkpoint_every=0)
     return PPOConfig(**{**base, **kw})
 
 

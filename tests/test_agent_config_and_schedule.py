@@ -5,6 +5,7 @@ keeps the rate constant and warns once; the logged ``lr`` is the rate the iterat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from tokengym.agents import (
-    A2CConfig, GRPOConfig, PPOAgent, PPOConfig, ReinforceAgent, ReinforceConfig, RLOOConfig,
+    A2CAgent, A2CConfig, GRPOAgent, GRPOConfig, OnPolicyAgent, OnPolicyConfig, PPOAgent, PPOConfig, ReinforceAgent,
+    ReinforceConfig, RLOOAgent, RLOOConfig,
 )
 from tokengym.envs import BatchedTextEnv
 from tokengym.models import make_tiny_causal_lm
@@ -24,7 +26,10 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def make_agent(tok, agent_cls: type[PPOAgent] = PPOAgent, config_cls: type[PPOConfig] = PPOConfig, **kw) -> PPOAgent:
     env = BatchedTextEnv(4, tokenizer=tok, reward=lambda p, r: float(len(r)) / 10, prompts=TOY_PROMPTS, split=None,
                          max_new_tokens=3, max_prompt_tokens=4)
-    cfg = dict(batch_size=4, minibatch_size=2, micro_batch_size=2, ppo_epochs=1, learning_rate=1e-2, sample_every=0)
+    # Linear annealing, full fine-tuning, beta 0.05 and the slow adaptive controller these tests were
+    # written with (not the main job's defaults: constant lr, LoRA r=16, beta 0.1, KL target 3, horizon 32).
+    cfg = dict(batch_size=4, minibatch_size=2, micro_batch_size=2, ppo_epochs=1, learning_rate=1e-2, sample_every=0,
+               anneal_lr=True, lora_r=0, kl_coef=0.05, kl_target=6.0, kl_horizon=10000)
     if config_cls is not PPOConfig:
         cfg.pop("minibatch_size")
     cfg.update(kw)
@@ -147,3 +152,45 @@ def test_prompt_schedule_progress_follows_the_total_and_is_zero_without_one(toy_
     agent.step()
     assert seen == [0.0, 0.25, 0.5]
     assert all(math.isfinite(p) for p in seen)
+
+
+# ----------------------------------------------------------------------------------------------
+# One set of defaults: the main job's; each algorithm declares only its own fields and differences
+# ----------------------------------------------------------------------------------------------
+MAIN_JOB = dict(batch_size=16, minibatch_size=8, micro_batch_size=8, ppo_epochs=4, lora_r=16, lora_alpha=32,
+                learning_rate=3e-4, anneal_lr=False, kl_coef=0.1, kl_target=3.0, kl_horizon=32, vf_coef=0.1,
+                sample_every=2, checkpoint_every=5)
+
+
+def test_ppo_defaults_are_the_main_jobs_settings() -> None:
+    cfg = PPOConfig()
+    assert {k: getattr(cfg, k) for k in MAIN_JOB} == MAIN_JOB
+    assert (cfg.clip_range, cfg.clip_range_value) == (0.2, 0.2)
+
+
+def test_each_algorithm_declares_only_the_fields_it_uses() -> None:
+    def names(cls: type) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    shared = names(OnPolicyConfig)
+    assert names(PPOConfig) - shared == {"clip_range", "clip_range_value"}
+    assert names(ReinforceConfig) - shared == {"baseline", "baseline_decay"}  # no clip ranges
+    assert names(A2CConfig) == shared
+    assert names(RLOOConfig) - shared == {"group_size", "clip_range", "clip"}
+    assert names(GRPOConfig) - shared == {"group_size", "clip_range", "kl_in_loss", "kl_loss_estimator",
+                                          "scale_rewards", "std_eps"}
+    for cls in (ReinforceConfig, A2CConfig, RLOOConfig, GRPOConfig):  # one gradient step per rollout
+        cfg = cls()
+        cfg.validate()
+        assert (cfg.minibatch_size, cfg.ppo_epochs) == (cfg.batch_size, 1), cls
+        assert cfg.learning_rate == 3e-4 and cfg.lora_r == 16, cls  # the shared defaults otherwise
+    assert ReinforceConfig().vf_coef == RLOOConfig().vf_coef == GRPOConfig().vf_coef == 0.0  # no critic
+    assert (A2CConfig().vf_coef, A2CConfig().lam) == (0.5, 1.0)
+
+
+def test_every_agent_is_an_on_policy_agent_and_the_base_is_abstract(toy_tok) -> None:
+    for cls in (PPOAgent, ReinforceAgent, A2CAgent, RLOOAgent, GRPOAgent):
+        assert issubclass(cls, OnPolicyAgent)
+    assert not any(issubclass(cls, PPOAgent) for cls in (ReinforceAgent, A2CAgent, RLOOAgent, GRPOAgent))
+    with pytest.raises(TypeError, match="abstract"):
+        OnPolicyAgent(None, None, OnPolicyConfig())

@@ -30,7 +30,8 @@ import torch
 
 from tokengym.agents import (
     A2CAgent, A2CConfig, AugmentationMixin, CurriculumScheduler, DistillationMixin, GRPOAgent, GRPOConfig,
-    OutputAugmenter, PPOAgent, PPOConfig, ReinforceAgent, ReinforceConfig, RLOOAgent, RLOOConfig, with_aids,
+    OnPolicyAgent, OutputAugmenter, PPOAgent, PPOConfig, ReinforceAgent, ReinforceConfig, RLOOAgent, RLOOConfig,
+    with_aids,
 )
 from tokengym.agents.aids import concat_experience
 from tokengym.envs import BatchedTextEnv
@@ -58,7 +59,9 @@ def toy_model(tok, seed=0):
 
 
 def cfg_for(config_cls, **kw):
-    base = dict(batch_size=16, learning_rate=1e-2, kl_coef=0.01, adaptive_kl=False, anneal_lr=False, sample_every=0)
+    # Full fine-tuning, as these tests were measured (not the main job's LoRA r=16).
+    base = dict(batch_size=16, learning_rate=1e-2, kl_coef=0.01, adaptive_kl=False, anneal_lr=False, sample_every=0,
+                lora_r=0)
     return config_cls(**{**base, **kw})
 
 
@@ -306,13 +309,13 @@ def test_augmentation_mixin_adds_samples_to_the_update_only(toy_tok):
     assert Agent.__name__ == "AugmentationRLOOAgent"
     agent = Agent(toy_env(toy_tok), toy_model(toy_tok), cfg_for(RLOOConfig), augmenter=OutputAugmenter(n_variants=4))
     seen = []
-    orig = PPOAgent._update
+    orig = OnPolicyAgent._update  # RLOO's update loop is the shared agent's
 
     def spy(self, exp):
         seen.append(len(exp.batch))
         return orig(self, exp)
 
-    with mock.patch.object(PPOAgent, "_update", spy):
+    with mock.patch.object(OnPolicyAgent, "_update", spy):
         rows = learn_until(agent, LEARN_CAP["augmented_rloo"])
     assert all(n == 16 + 16 for n in seen)  # 4 best x 4 variants (one group each) added to 16 episodes
     assert rows[0]["aug_episodes"] == 16

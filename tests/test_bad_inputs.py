@@ -65,7 +65,7 @@ def tiny_lm(tok=TOK, hidden: int = 16):
 
 
 def agent(hidden: int = 16) -> PPOAgent:
-    return PPOAgent(env(), tiny_lm(hidden=hidden), PPOConfig(batch_size=2, minibatch_size=2, micro_batch_size=2))
+    return PPOAgent(env(), tiny_lm(hidden=hidden), PPOConfig(batch_size=2, minibatch_size=2, micro_batch_size=2, lora_r=0))
 
 
 def finish_episode(reward: Any) -> Callable[[], None]:
@@ -200,7 +200,7 @@ ROWS = {
     # -- vocabularies of policy, env, reference and reward model
     "policy-fewer-embeddings-than-env-vocab": Row(
         lambda tmp: (lambda: PPOAgent(env(tok=make_toy_tokenizer(MORE_WORDS)), tiny_lm(),
-                                      PPOConfig(batch_size=2, minibatch_size=2, micro_batch_size=2))),
+                                      PPOConfig(batch_size=2, minibatch_size=2, micro_batch_size=2, lora_r=0))),
         ValueError, rf"mismatched tokenizers: the model has {VOCAB} embeddings but the env's vocabulary has {VOCAB + 3} tokens"),
     "vocab-policy-vs-reference": Row(
         lambda tmp: (lambda: check_same_vocabulary(TOK, make_toy_tokenizer(OTHER_WORDS), "policy and reference")),

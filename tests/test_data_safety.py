@@ -230,7 +230,7 @@ def test_save_pretrained_and_checkpoints_refuse_a_user_folder(tmp_path: Path) ->
     env = BatchedTextEnv(2, tokenizer=tok, reward=lambda p, r: 0.0, prompts=TOY_PROMPTS, split=None,
                          max_new_tokens=2, max_prompt_tokens=4)
     lm = make_tiny_causal_lm(tok, hidden=16, n_layers=1, n_heads=2, seed=0)[1]
-    agent = PPOAgent(env, lm, PPOConfig(batch_size=2, minibatch_size=2, micro_batch_size=2))
+    agent = PPOAgent(env, lm, PPOConfig(batch_size=2, minibatch_size=2, micro_batch_size=2, lora_r=0))
     user_folder(tmp_path / "mine")
     before = snapshot(tmp_path)
     with pytest.raises(NotReplaceableError):

@@ -19,7 +19,8 @@ from tokengym.feedback.default_rm import RewardModelRecipe, cached_path, ensure_
 from tokengym.feedback.rm_training import tiny_reward_model
 from tokengym.rewards import resolve_reward
 from tokengym.rewards.learned import LearnedReward
-from tokengym.train import DEFAULT_ENV, DEFAULT_PPO, TrainConfig
+from tokengym.agents import PPOConfig
+from tokengym.train import DEFAULT_ENV, TrainConfig
 
 TINY = RewardModelRecipe(max_prompts=12, temperatures=(1.0, 1.3), max_new_tokens=6, epochs=1.0, rm_batch_size=8,
                          heldout_fraction=0.25)
@@ -83,6 +84,7 @@ def test_the_main_jobs_kl_controller_can_move_beta_within_the_run():
     """A controller whose horizon dwarfs the run cannot control anything: at the largest error it
     allows, beta must be able to at least double (or halve) within the default iterations."""
     cfg = TrainConfig()
-    step = 0.2 * DEFAULT_PPO["batch_size"] / DEFAULT_PPO["kl_horizon"]
+    assert cfg.ppo == PPOConfig()  # one set of defaults: tokengym train is PPOAgent(env, model)
+    step = 0.2 * cfg.ppo.batch_size / cfg.ppo.kl_horizon
     assert (1 + step) ** cfg.iterations >= 2.0
     assert (1 - step) ** cfg.iterations <= 0.5

@@ -52,7 +52,8 @@ def test_ppo_agent_step_closes_the_loop(tmp_path: Path) -> None:
     before = [p.detach().clone() for p in policy.parameters()]
     prompts = ["The film was", "My dinner was"]
     step = ppo_agent_step(1, env_kwargs={"prompts": prompts, "split": None, "max_new_tokens": 4},
-                          config=PPOConfig(batch_size=4, minibatch_size=4, micro_batch_size=4, ppo_epochs=1))
+                          config=PPOConfig(batch_size=4, minibatch_size=4, micro_batch_size=4, ppo_epochs=1, lora_r=0,
+                                            learning_rate=1e-5, checkpoint_every=0))
     with FeedbackStore(tmp_path / "fb.sqlite") as store:
         reports = run_rlhf_rounds(
             store, tok, policy, prompts, length_judge, step, tmp_path / "work", rounds=1, per_prompt=3,

@@ -32,8 +32,10 @@ def make_agent(tok, reward, run_dir=None, **kw) -> PPOAgent:
     _, model = make_tiny_causal_lm(tok, hidden=16, n_layers=1, n_heads=2, seed=0)
     env = BatchedTextEnv(4, tokenizer=tok, reward=reward, prompts=TOY_PROMPTS, split=None, max_new_tokens=4,
                          max_prompt_tokens=4)
+    # Full fine-tuning, beta 0.05 and the slow adaptive controller these tests were written with (not the
+    # main job's defaults: LoRA r=16, beta 0.1, KL target 3, horizon 32).
     cfg = dict(batch_size=4, minibatch_size=2, micro_batch_size=2, ppo_epochs=1, learning_rate=1e-2, anneal_lr=False,
-               sample_every=0)
+               sample_every=0, lora_r=0, kl_coef=0.05, kl_target=6.0, kl_horizon=10000, checkpoint_every=0)
     cfg.update(kw)
     return PPOAgent(env, model, PPOConfig(**cfg), run_dir=run_dir)
 
@@ -59,6 +61,7 @@ def test_a_nonfinite_loss_skips_the_update_warns_and_is_counted(toy_tok, tmp_pat
         m1 = agent.step()
     assert sum("skipped a minibatch" in str(w.message) for w in record) == 2  # both minibatches
     assert m1["nonfinite_total"] == 2.0 and m1["skipped_minibatches"] == 2.0
+    assert math.isnan(m1["clipfrac"]) and math.isnan(m1["vf_clipfrac"])  # PPO's columns exist without a step
     assert same(before, weights(agent))  # skipped: no optimiser step touched the weights
     assert agent.optimizer.state == {} or all(not s for s in agent.optimizer.state.values())
 
@@ -68,7 +71,8 @@ def test_a_nonfinite_loss_skips_the_update_warns_and_is_counted(toy_tok, tmp_pat
     assert m2["nonfinite_total"] == 2.0 and m2["skipped_minibatches"] == 0.0
     assert agent.nonfinite_streak == 0  # a good minibatch resets the streak
     assert not same(before, weights(agent))
-    assert all(math.isfinite(v) for v in (m2["pg_loss"], m2["vf_loss"]))
+    assert all(math.isfinite(v) for v in (m2["pg_loss"], m2["vf_loss"], m2["clipfrac"], m2["vf_clipfrac"]))
+    assert list(m1) == list(m2)  # the same columns in the same order, skipped or not
     assert all(torch.isfinite(p).all() for p in agent.ac.parameters())
 
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -189,7 +193,8 @@ def test_grpo_k3_kl_loss_stays_finite_where_a_peaked_policy_rules_out_the_pad_to
     env = BatchedTextEnv(4, tokenizer=toy_tok, reward=lambda p, r: 0.0, prompts=TOY_PROMPTS, split=None,
                          max_new_tokens=4, max_prompt_tokens=4)
     agent = GRPOAgent(env, model, GRPOConfig(batch_size=4, group_size=2, temperature=0.02, kl_coef=0.1,
-                                             learning_rate=1e-2, anneal_lr=False, sample_every=0))
+                                             learning_rate=1e-2, anneal_lr=False, sample_every=0, lora_r=0,
+                                             kl_target=6.0, kl_horizon=10000))  # full fine-tuning, slow controller
     # Two groups of two; responses of 1..4 tokens, so three rows end in pad positions.
     g = torch.Generator().manual_seed(0)
     P, T, lengths = 4, 4, [1, 4, 2, 3]

@@ -66,7 +66,7 @@ def test_default_pipeline_runs_with_the_network_blocked(no_network, tmp_path):
     vec = gym.make_vec("tokengym/PositiveReview-v0", num_envs=2, vectorization_mode="vector_entry_point",
                        tokenizer=tok, max_new_tokens=3)
     agent = PPOAgent(vec, model, PPOConfig(batch_size=2, minibatch_size=2, micro_batch_size=2, ppo_epochs=1,
-                                           lora_r=2, sample_every=0))
+                                           lora_r=2, lora_alpha=16, sample_every=0))
     metrics = agent.step()  # one rollout, scoring with VADER (the default reward and gold judge), one update
     assert np.isfinite(metrics["score"]) and metrics["nonfinite_total"] == 0
 

@@ -35,9 +35,11 @@ def toy_env(tok, n=8, T=6, P=4, **kw) -> BatchedTextEnv:
 
 
 def small_config(**kw) -> PPOConfig:
+    # Full fine-tuning and the slow adaptive controller these tests were written with (not the main
+    # job's LoRA r=16, KL target 3, horizon 32 defaults); no periodic checkpoints.
     base = dict(
         batch_size=8, minibatch_size=4, micro_batch_size=2, ppo_epochs=2, learning_rate=3e-3, kl_coef=0.05,
-        sample_every=0, anneal_lr=False,
+        sample_every=0, anneal_lr=False, lora_r=0, lora_alpha=16, kl_target=6.0, kl_horizon=10000, checkpoint_every=0,
     )
     base.update(kw)
     return PPOConfig(**base)
@@ -224,13 +226,13 @@ def test_a_half_precision_policy_recomputes_the_old_logprobs(toy_tok, make_toy_l
 def test_update_computes_the_entropy_only_when_the_loss_uses_it(toy_tok, make_toy_lm, monkeypatch, ent_coef):
     """ent_coef = 0: the logged entropy is the sampler's (no full-vocabulary pass per micro-batch);
     ent_coef != 0: the training forward computes it inside the graph."""
-    import tokengym.agents.ppo as ppo_mod
+    import tokengym.agents.base as base_mod  # the training forward (_evaluate) is the shared agent's
 
     env = toy_env(toy_tok)
     agent = PPOAgent(env, make_toy_lm(), small_config(ent_coef=ent_coef, ppo_epochs=1, minibatch_size=8, micro_batch_size=8))
     seen = []
-    real = ppo_mod.token_logprobs
-    monkeypatch.setattr(ppo_mod, "token_logprobs", lambda *a, **k: seen.append(k.get("entropy")) or real(*a, **k))
+    real = base_mod.token_logprobs
+    monkeypatch.setattr(base_mod, "token_logprobs", lambda *a, **k: seen.append(k.get("entropy")) or real(*a, **k))
     batch = agent.sampler.rollout(env, seed=0)
     exp = agent._make_experience(batch)
     stats = agent._update(exp)
@@ -545,7 +547,7 @@ def test_ppo_learns_to_say_good(toy_tok, make_toy_lm):
     env = BatchedTextEnv(16, tokenizer=toy_tok, reward=good_share, prompts=TOY_PROMPTS, split=None, max_new_tokens=8, max_prompt_tokens=4)
     config = PPOConfig(
         batch_size=16, minibatch_size=8, micro_batch_size=8, learning_rate=3e-3, kl_coef=0.01, adaptive_kl=False,
-        anneal_lr=False, sample_every=0,
+        anneal_lr=False, sample_every=0, lora_r=0, checkpoint_every=0,
     )
     agent = PPOAgent(env, make_tiny_causal_lm(toy_tok, hidden=32, n_layers=1, n_heads=2)[1], config)
     scores = []

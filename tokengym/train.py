@@ -48,39 +48,19 @@ class TrainConfig:
     eval_every: int = 0
     output_dir: str = "runs/default"
     threads: int = 0  # 0 = all cores
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(**DEFAULT_PPO))
-
-
-# The main job's PPO settings. They override PPOConfig's generic defaults for this task only.
-# Why these values (measured on SmolLM2 with the learned sentiment reward, 2 CPU cores):
-# * learning_rate 3e-4 (LoRA r=16): at 1e-3 the first epochs clip 40 % of the tokens and the ratio
-#   variance reaches ~17; at 5e-4 the KL to the reference passes 10 nats by iteration 11. At 3e-4 the
-#   KL grows ~0.4 nats per iteration, so 12 iterations end near the budget of 6.
-# * kl_coef 0.1, kl_target 3, kl_horizon 32: the adaptive controller may change beta by up to
-#   +-0.2 * 16/32 = 10 % per iteration, so it can halve or double beta within 7 iterations; a horizon
-#   of thousands of episodes (the usual setting for runs of 100k episodes) cannot move in a run of 192.
-#   The KL starts at 0 (below target), so beta first decays; a low target makes the controller
-#   start pushing back while the KL is still well inside the budget.
-DEFAULT_PPO = {
-    "batch_size": 16, "minibatch_size": 8, "micro_batch_size": 8, "ppo_epochs": 4,
-    "lora_r": 16, "lora_alpha": 32, "learning_rate": 3e-4, "anneal_lr": False, "kl_coef": 0.1, "kl_target": 3.0,
-    "kl_horizon": 32, "vf_coef": 0.1, "sample_every": 2, "checkpoint_every": 5,
-}
+    ppo: PPOConfig = field(default_factory=PPOConfig)  # its defaults are the main job's (agents/config.py says why)
 
 
 def make_train_config(data: dict[str, Any] | None = None, seed: int | None = None) -> TrainConfig:
     """A checked :class:`TrainConfig` from a mapping (file contents plus overrides).
 
-    The ``ppo`` section is merged over :data:`DEFAULT_PPO` and validated here, and so are every number,
+    The ``ppo`` section overrides :class:`PPOConfig`'s defaults (the main job's) and is validated here, and so are every number,
     the env id, the reward names, the model path and the prompt file, so a bad value fails with one
     line naming it before any model is loaded or anything is written.
     """
     from tokengym import checks
 
-    data = dict(data or {})
-    if isinstance(data.get("ppo"), dict):  # the file's ppo section overrides the defaults key by key
-        data["ppo"] = {**DEFAULT_PPO, **data["ppo"]}
-    cfg = from_dict(TrainConfig, data)
+    cfg = from_dict(TrainConfig, dict(data or {}))  # a ppo section overrides PPOConfig's defaults key by key
 
     def key(name: str) -> str:
         flag = {"iterations": "--iterations", "env": "--env", "reward": "--reward", "model": "--model",
