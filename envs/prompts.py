@@ -15,7 +15,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-BUILTIN_PROMPT_SETS = {"movie_reviews": "movie_reviews.jsonl"}
+BUILTIN_PROMPT_SETS = {
+    "movie_reviews": "movie_reviews.jsonl",
+    # The task suite's sets, written by scripts/make_task_prompts.py.
+    "arithmetic": "arithmetic.jsonl",
+    "commongen": "commongen.jsonl",
+    "length_control": "length_control.jsonl",
+}
 
 
 class PromptFileError(ValueError):

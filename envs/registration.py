@@ -26,6 +26,52 @@ TASKS = {
         "max_new_tokens": 24,
         "max_prompt_tokens": 32,
     },
+    # The task suite, each with fixed train/test splits (scripts/make_task_prompts.py), a paid reward
+    # and a stricter or exact gold judge. Base scores: SmolLM2-135M-Instruct sampled at temperature
+    # 1 on the first 64 test prompts, as the trainer's evaluation does. max_prompt_tokens holds the
+    # longest prompt of each set as the env feeds it with SmolLM2's tokenizer (with the chat
+    # template's system turn where one is used), so no prompt loses its beginning.
+    #
+    # Verifiable arithmetic: sums, differences and small products of 1-2 digit numbers, as
+    # equations or one-step word problems, with the exact answer in each item. The prompts are
+    # few-shot completions read without the chat template (asked as a chat question the model is
+    # right ~2% of the time, too rare for RL; see the script). Paid 1 for a right first number plus
+    # 0.1 when the first line is a bare number; the gold judge is plain correctness.
+    # Base accuracy (gold) 0.22 and 0.17 on two sampling seeds (reward 0.28, 0.23): about 0.30 on
+    # the equations, best on times tables and one-digit sums, near 0 on two-digit sums and
+    # differences and on the word problems, which stay as the hard end of the curriculum. 8 new
+    # tokens: only the first number is scored, so a longer budget would add cost, not signal.
+    "tokengym/Arithmetic-v0": {
+        "prompts": "arithmetic",
+        "reward": "arithmetic",
+        "gold_reward": "arithmetic_exact",
+        "max_new_tokens": 8,
+        "max_prompt_tokens": 64,
+    },
+    # Constrained generation: one sentence using 3-4 given concepts, asked through the chat
+    # template. Paid concept coverage (inflections count) times a soft fluency score, so a bare list
+    # of the concepts earns ~0.02; the judge multiplies coverage by a binary, stricter
+    # well-formedness check. Base: reward 0.34, gold 0.20 (32 new tokens).
+    "tokengym/CommonGen-v0": {
+        "prompts": "commongen",
+        "reward": "commongen",
+        "gold_reward": "commongen_strict",
+        "chat_template": True,
+        "max_new_tokens": 32,
+        "max_prompt_tokens": 56,
+    },
+    # Length and format control through the chat template: "in exactly N words" (N = 3..15) or
+    # "exactly K bullet points" (K = 2..4). Paid 1 - |n - N| / N clipped at 0; the judge pays only an exact match (bullets:
+    # and no other lines). Base: reward 0.35, gold 0.08 (48 new tokens): the model writes about the
+    # topic at its own length (exact on 1 of 47 word counts, 4 of 17 bullet counts).
+    "tokengym/LengthControl-v0": {
+        "prompts": "length_control",
+        "reward": "length_control",
+        "gold_reward": "length_control_exact",
+        "chat_template": True,
+        "max_new_tokens": 48,
+        "max_prompt_tokens": 48,
+    },
 }
 
 

@@ -16,6 +16,8 @@ from .reference import BleuReward, ChrfReward, RougeReward
 from .registry import DEFAULT_REWARD, ENTRY_POINT_GROUP, list_rewards, make, register, resolve_reward
 from .rules import EosReward, KeywordReward, LengthReward, TokenShareReward
 from .sentiment import VaderReward
+from .commongen import CommonGenReward, CommonGenStrictReward
+from .tasks import ArithmeticExactReward, ArithmeticReward, LengthControlExactReward, LengthControlReward
 
 
 def _learned(**kwargs) -> RewardFunction:
@@ -34,6 +36,12 @@ for _name, _factory in {
     "keyword": KeywordReward,
     "eos": EosReward,
     "token_share": TokenShareReward,
+    "arithmetic": ArithmeticReward,
+    "arithmetic_exact": ArithmeticExactReward,
+    "commongen": CommonGenReward,
+    "commongen_strict": CommonGenStrictReward,
+    "length_control": LengthControlReward,
+    "length_control_exact": LengthControlExactReward,
 }.items():
     register(_name, _factory)
 
@@ -52,6 +60,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ArithmeticExactReward", "ArithmeticReward", "CommonGenReward", "CommonGenStrictReward",
+    "LengthControlExactReward", "LengthControlReward",
     "BleuReward", "CallableReward", "CheckedReward", "ChrfReward", "Clipped", "DEFAULT_REWARD", "ENTRY_POINT_GROUP",
     "EosReward", "KeywordReward", "LearnedReward", "LengthReward", "MissingEOSPenalty", "PotentialShapingWrapper",
     "RewardError", "RewardFunction", "RunningNormalized", "TokenShareReward", "VaderReward", "WeightedSum",
