@@ -7,6 +7,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from .base import RewardFunction, require_metadata
+from .postprocess import RunningMoments, clip_scores, missing_eos_adjust
 
 
 def _checked(spec: Any) -> RewardFunction:
@@ -49,7 +50,7 @@ class Clipped(RewardFunction):
         self.name = f"clip({self.reward.name}, {low:g}, {high:g})"
 
     def __call__(self, prompts, responses, *, references=None, metadata=None) -> np.ndarray:
-        return np.clip(self.reward(prompts, responses, references=references, metadata=metadata), self.low, self.high)
+        return clip_scores(self.reward(prompts, responses, references=references, metadata=metadata), self.low, self.high)
 
 
 class RunningNormalized(RewardFunction):
@@ -63,35 +64,26 @@ class RunningNormalized(RewardFunction):
     def __init__(self, reward: Any, eps: float = 1e-8, clip: float | None = None, center: bool = True, update: bool = True) -> None:
         self.reward = _checked(reward)
         self.eps, self.clip, self.center, self.update = eps, clip, center, update
-        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.moments = RunningMoments()
         self.name = f"normalized({self.reward.name})"
 
-    @property
-    def var(self) -> float:
-        return self.m2 / self.count if self.count else 1.0
-
-    def _update(self, x: np.ndarray) -> None:
-        # Chan et al.'s parallel combination of two (count, mean, M2) summaries: exact, and stable.
-        n_b, mean_b = x.size, float(x.mean())
-        m2_b = float(((x - mean_b) ** 2).sum())
-        n = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / n
-        self.m2 += m2_b + delta**2 * self.count * n_b / n
-        self.count = n
+    # The statistics, as attributes for callers that read them.
+    count = property(lambda self: int(self.moments.count))
+    mean = property(lambda self: self.moments.mean)
+    var = property(lambda self: self.moments.var)
 
     def __call__(self, prompts, responses, *, references=None, metadata=None) -> np.ndarray:
         x = self.reward(prompts, responses, references=references, metadata=metadata).astype(np.float64)
         if self.update and x.size:
-            self._update(x)
+            self.moments.update(x)
         out = ((x - self.mean) if self.center else x) / np.sqrt(self.var + self.eps)
         return np.clip(out, -self.clip, self.clip) if self.clip is not None else out
 
     def state_dict(self) -> dict:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+        return {"count": int(self.moments.count), "mean": self.moments.mean, "m2": self.moments.m2}
 
     def load_state_dict(self, state: dict) -> None:
-        self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
+        self.moments = RunningMoments([state["count"], state["mean"], state["m2"]])
 
 
 class MissingEOSPenalty(RewardFunction):
@@ -111,6 +103,4 @@ class MissingEOSPenalty(RewardFunction):
     def __call__(self, prompts, responses, *, references=None, metadata=None) -> np.ndarray:
         stopped = np.array(require_metadata(self.name, "stopped", metadata, prompts, responses), dtype=bool)
         scores = self.reward(prompts, responses, references=references, metadata=metadata).astype(np.float64)
-        if self.mode == "replace":
-            return np.where(stopped, scores, self.penalty)
-        return scores + np.where(stopped, 0.0, self.penalty)
+        return missing_eos_adjust(scores, stopped, self.penalty, self.mode)
