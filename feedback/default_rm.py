@@ -56,9 +56,15 @@ class RewardModelRecipe:
     max_length: int = 64
     heldout_fraction: float = 0.1
     seed: int = 0
+    # None: every within-prompt pair is labelled once (1,920 for the default); a number labels that
+    # many pairs, drawn at random (the annotation-budget benchmark varies it).
+    max_comparisons: int | None = None
 
     def key(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if fields["max_comparisons"] is None:  # added later: the default recipe keeps its cached folder
+            del fields["max_comparisons"]
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -124,8 +130,13 @@ def generate_candidates(recipe: RewardModelRecipe, tokenizer: Any, model: Any, p
 
 def build_reward_model(out: str | os.PathLike, recipe: RewardModelRecipe = DEFAULT_RECIPE, progress: bool = True,
                        log: Callable[[str], None] | None = print, policy: tuple[Any, Any] | None = None,
-                       reward_model: Callable[[], tuple[Any, Any]] | None = None) -> dict[str, Any]:
-    """Build the recipe's reward model into ``out`` (atomically); returns what ``build.json`` records."""
+                       reward_model: Callable[[], tuple[Any, Any]] | None = None,
+                       candidates: list[tuple[str, str, float]] | None = None) -> dict[str, Any]:
+    """Build the recipe's reward model into ``out`` (atomically); returns what ``build.json`` records.
+
+    ``candidates``: the ``generate_candidates`` rows of this recipe, when a caller building several
+    models from the same samples already has them (they are generated otherwise).
+    """
     import tempfile
 
     import shutil
@@ -138,8 +149,11 @@ def build_reward_model(out: str | os.PathLike, recipe: RewardModelRecipe = DEFAU
     from .store import FeedbackStore
 
     t0 = time.time()
-    tokenizer, model = policy or load_causal_lm(recipe.policy)
-    rows = generate_candidates(recipe, tokenizer, model, progress=progress)
+    if candidates is None:
+        tokenizer, model = policy or load_causal_lm(recipe.policy)
+        rows = generate_candidates(recipe, tokenizer, model, progress=progress)
+    else:
+        rows = list(candidates)
     t_gen = time.time() - t0
     judge = resolve_judge(recipe.gold)
     with tempfile.TemporaryDirectory(prefix="tokengym-rm-") as work:
@@ -155,6 +169,8 @@ def build_reward_model(out: str | os.PathLike, recipe: RewardModelRecipe = DEFAU
         sim = LabelSimulator(store, judge, seed=recipe.seed)
         n_pairs = sum(len(v) * (len(v) - 1) // 2 for v in by_prompt.values())
         annotator = SimulatedAnnotator("sim-0", accuracy=recipe.annotator_accuracy, seed=recipe.seed)
+        if recipe.max_comparisons is not None:
+            n_pairs = min(recipe.max_comparisons, n_pairs)
         n_labels = sim.label_pairs([annotator], sim.sample_pairs(n_pairs))
         rm_cfg = RMConfig(epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.rm_batch_size,
                           max_length=recipe.max_length, heldout_fraction=recipe.heldout_fraction,
