@@ -249,7 +249,7 @@ def best_of_n(model: Any, tok: Any, kwargs: dict[str, Any], args: argparse.Names
 # Results: JSON, Markdown, PNG
 # ----------------------------------------------------------------------------------------------
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("env", "model", "budget", "batch_size", "lr", "sb3_lr", "kl_coef", "ent_coef", "group_size", "max_new_tokens",
+    keys = ("env", "model", "budget", "batch_size", "lr", "lora_r", "sb3_lr", "kl_coef", "ent_coef", "group_size", "max_new_tokens",
             "eval_prompts", "eval_points", "best_of_n")
     # The evaluator's version: results measured with other metric names are never mixed with these.
     return {"evaluator": 2, **{k: getattr(args, k) for k in keys}}

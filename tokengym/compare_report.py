@@ -104,7 +104,8 @@ def write_markdown(data: dict[str, Any], path: Path, levels: list[float]) -> Non
         f"# Benchmark: {s['env']}, model `{s['model']}`, budget {s['budget']} generated tokens per run", "",
         markdown_table(data), "",
         "Mean [95 % bootstrap confidence interval] over seeds; gold IQM = interquartile mean over seeds. "
-        f"Same reward, fixed KL coefficient {s['kl_coef']}, learning rate {s['lr']} (tokengym agents, LoRA) and "
+        f"Same reward, fixed KL coefficient {s['kl_coef']}, learning rate {s['lr']} (tokengym agents, "
+        f"{'LoRA r' + str(s['lora_r']) if s.get('lora_r') else 'full fine-tuning'}) and "
         f"{s['sb3_lr']} (SB3, full fine-tuning), batch {s['batch_size']} episodes (group size {s['group_size']} for "
         f"rloo/grpo), entropy coefficient {s['ent_coef']}. Held-out scores: one sampled response to each of "
         f"{s['eval_prompts']} held-out prompts; KL = k1 estimate summed over response tokens (k3 in the JSON). "
