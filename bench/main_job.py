@@ -38,6 +38,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra overrides for every seed (as tokengym train --set)")
     parser.add_argument("--tag", default="", help="suffix of the result names (keeps other runs' results)")
+    parser.add_argument("--note", action="append", default=[], help="a line of context for the result (repeatable)")
     parser.add_argument("--collect", action="store_true",
                         help="only tabulate the seeds' existing reports (e.g. after running seeds in parallel)")
     args = parser.parse_args()
@@ -86,8 +87,10 @@ def main() -> int:
         f"* Targets: {'; '.join(name for name, _ in TARGETS.values())}.",
         "* gold = VADER compound (never optimised); proxy = the learned reward model (normalised on the "
         "reference policy's samples); KL = summed per response, k1 on samples at temperature 1.",
-        f"* Machine: {json.dumps(info)}",
+        f"* Machine{' (when tabulated; the runs recorded their own threads in report.json)' if args.collect else ''}: "
+        f"{json.dumps(info)}",
         f"* Command: `{command_line()}`",
+        *[f"* {n}" for n in args.note],
     ])
     write_results(f"main_job{args.tag}", {"machine": info, "rows": rows, "headers": headers,
                                           "reports": {str(k): v for k, v in reports.items()}}, md)
