@@ -204,15 +204,17 @@ class OutputAugmenter:
         tok, T = env.tokenizer, batch.response_ids.shape[1]
         stops = {int(i) for i in env.stop_token_ids}  # any stop token ends an episode, not only EOS
         special = set(tok.all_special_ids)
-        scores = batch.scores
-        order = torch.argsort(scores, descending=True, stable=True).tolist()
+        order = torch.argsort(batch.scores, descending=True, stable=True).tolist()
+        # As Python lists once: on a GPU, reading element by element would wait for the device each time.
+        scores, lengths = batch.scores.tolist(), batch.lengths.tolist()
         chosen = [i for i in order[: max(1, round(self.top_fraction * len(batch)))]
-                  if batch.lengths[i] > 0 and (self.min_score is None or scores[i] >= self.min_score)]
+                  if lengths[i] > 0 and (self.min_score is None or scores[i] >= self.min_score)]
         if not chosen:
             return self._scored_batch(batch, env, [], [], n_total)
         contents = {}  # row -> (content tokens without the final stop token, that stop token or None)
+        response_ids = batch.response_ids.tolist()
         for i in chosen:
-            ids = batch.response_ids[i, : batch.lengths[i]].tolist()
+            ids = response_ids[i][: lengths[i]]
             stop = ids[-1] if ids and ids[-1] in stops else None
             contents[i] = (ids[:-1] if stop is not None else ids, stop)
         if self.unit == "tokens":
@@ -247,8 +249,13 @@ class OutputAugmenter:
         batch: RolloutBatch, env: Any, rows: list[int], responses: list[list[int]], n_total: int
     ) -> RolloutBatch:
         """The ``len(rows)`` variants scored by the env's reward, then ``n_total - len(rows)`` padding
-        episodes (prompt of row 0, empty response, mask 0, score 0) that the reward never sees."""
+        episodes (prompt of row 0, empty response, mask 0, score 0) that the reward never sees.
+
+        The batch is on ``batch``'s device. Its responses are written on the CPU, row by row from
+        Python lists, as the reward's scores come back (the reward runs on the CPU, inside the env),
+        and moved to that device once, with the whole batch."""
         T, pad, tok = batch.response_ids.shape[1], env.pad_token_id, env.tokenizer
+        device = batch.response_ids.device
         stops = {int(i) for i in env.stop_token_ids}
         n_real = len(rows)
         response_ids = torch.full((n_total, T), pad, dtype=torch.long)
@@ -274,15 +281,16 @@ class OutputAugmenter:
             if gold is not None:
                 gold[:n_real] = torch.as_tensor(np.asarray(env.gold_reward(prompts, texts, references=refs, metadata=meta)), dtype=torch.float32)
         src = rows + [0] * (n_total - n_real)  # padding borrows row 0's prompt (one prompt: its groups stay whole)
-        idx = torch.as_tensor(src, dtype=torch.long)
+        idx = torch.as_tensor(src, dtype=torch.long, device=batch.prompt_ids.device)
         out = RolloutBatch(
-            prompt_ids=batch.prompt_ids[idx], prompt_mask=batch.prompt_mask[idx], response_ids=response_ids,
-            response_mask=response_mask, sample_logprobs=torch.zeros(n_total, T), scores=score, stopped=stopped,
-            gold_scores=gold, prompt_texts=[batch.prompt_texts[i] for i in src], response_texts=texts + [""] * (n_total - n_real),
-            prompt_ids_str=[batch.prompt_ids_str[i] for i in src],
+            prompt_ids=batch.prompt_ids[idx].to(device), prompt_mask=batch.prompt_mask[idx].to(device),
+            response_ids=response_ids.to(device), response_mask=response_mask.to(device),
+            sample_logprobs=torch.zeros(n_total, T, device=device), scores=score.to(device), stopped=stopped.to(device),
+            gold_scores=None if gold is None else gold.to(device), prompt_texts=[batch.prompt_texts[i] for i in src],
+            response_texts=texts + [""] * (n_total - n_real), prompt_ids_str=[batch.prompt_ids_str[i] for i in src],
         )
         out.augmented = True  # read by agents whose running statistics must see real rollouts only
-        out.real = torch.arange(n_total) < n_real  # False on the padding
+        out.real = torch.arange(n_total, device=device) < n_real  # False on the padding
         return out
 
 
@@ -347,17 +355,20 @@ class DistillationMixin:
             )
         if direction not in ("forward", "reverse"):
             raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
-        self.teacher = teacher.eval().requires_grad_(False)
+        # On the agent's device, moved in place like the policy; its forwards share the agent's autocast.
+        self.teacher = teacher.eval().requires_grad_(False).to(self.device)
         self.distill_coef, self.distill_direction = float(distill_coef), direction
 
     @torch.inference_mode()
     def _make_experience(self, batch: RolloutBatch) -> Experience:
         exp = super()._make_experience(batch)
+        batch = exp.batch  # on the agent's device
         cfg, P = self.config, batch.prompt_ids.shape[1]
         ids, attn = batch.input_ids, batch.attention_mask
         parts = []
         for s in range(0, len(batch), cfg.micro_batch_size):
-            logits, _ = response_forward(self.teacher, ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P, cfg.temperature)
+            logits, _ = response_forward(self.teacher, ids[s : s + cfg.micro_batch_size], attn[s : s + cfg.micro_batch_size], P,
+                                         cfg.temperature, autocast_dtype=self.autocast_dtype)
             parts.append(self._distill_logprobs(logits))
         exp.teacher_logprobs = torch.cat(parts)
         return exp

@@ -20,8 +20,23 @@ Choices every agent shares:
   everything after the stop token is padding outside the loss mask.
 * Losses are a **token mean** over the minibatch: every generated token weighs the same, so long
   responses are not down-weighted as a per-sequence mean would do.
+* Device and precision (``config.device``, ``config.dtype``, resolved by ``tokengym.hardware``): the
+  policy, the frozen reference and the value head live on ``agent.device``, and so does every tensor
+  of the experience and the update. Weights and Adam's state stay fp32 (master weights); with bf16
+  (``agent.autocast_dtype``) the forwards of the rollout, the old log-probs, the reference log-probs
+  and the training run under ``torch.autocast``, while log-softmax, log-probs, ratios, advantages and
+  KL are fp32. Under autocast the old log-probs and values are recomputed with the training forward
+  (the sampler's KV-cached bf16 steps differ from it, by up to ~1e-2 on a real model and 2e-5 on
+  the one-layer test model), so the ratio on the first minibatch of the first epoch is still 1: the
+  same forward runs on the same rows, and it is exactly 1.0 on every token with the test models on
+  a CPU. ``tests/test_bf16.py`` allows 1e-3 on the mean and 1e-2 per token, for GPU attention
+  kernels that may differ between the inference-mode forward and the training one.
 
 Shapes in docstrings: B episodes, P prompt columns, T response columns, V vocabulary.
+
+At ~440 lines this module is over the project's ~400-line guide on purpose: the device/precision
+setup, the shared experience and the metrics belong with the loop that uses them; the update loop
+and the checkpoint files, which read on their own, already live apart.
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ from tqdm.auto import tqdm
 
 from tokengym import distributed as dist
 from tokengym.envs import BatchedTextEnv
+from tokengym.hardware import resolve_device, resolve_dtype
 from tokengym.utils import seed_everything
 
 from . import checkpoint
@@ -87,6 +103,15 @@ class OnPolicyAgent(UpdateLoop, ABC):
             raise ValueError(f"env.num_envs ({env.num_envs}) must equal config.batch_size ({self.config.batch_size})")
         self.env = env
         self.rank = dist.rank()
+        self.device = resolve_device(self.config.device, setting="device")
+        if self.device.type == "cuda" and self.device.index is None:
+            # "cuda" means the current GPU (under torchrun, this rank's): named by index so that
+            # tensor.device == agent.device compares equal.
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        #: The compute precision (fp32 or bf16); the weights stay in the dtype they were given in.
+        self.dtype = resolve_dtype(self.config.dtype, self.device, setting="dtype")
+        #: None for fp32; the autocast dtype of every forward otherwise.
+        self.autocast_dtype = None if self.dtype == torch.float32 else self.dtype
         # Every rank initialises with the same seed; sampling uses a per-rank seed (below).
         seed_everything(self.config.seed)
         if model is None or isinstance(model, str):
@@ -108,9 +133,13 @@ class OnPolicyAgent(UpdateLoop, ABC):
             )
         # The sampler never emits pad (agents.rollout), so the training forward scores without it too.
         self.ac = ActorCritic(model, env.vocab_size, lora=lora, pad_token_id=env.pad_token_id)
+        # Policy, reference and value head move together (in place: the model given is moved too),
+        # before the broadcast (NCCL sends GPU tensors) and before Adam is built on the parameters.
+        self.ac.to(self.device)
         dist.broadcast_module(self.ac)  # every rank starts from rank 0's weights, as DDP does
         self.ac.policy.config.use_cache = False
-        self.sampler = CachedSampler(self.ac.policy, temperature=self.config.temperature, value_head=self.ac.value_head)
+        self.sampler = CachedSampler(self.ac.policy, temperature=self.config.temperature, value_head=self.ac.value_head,
+                                     autocast_dtype=self.autocast_dtype)
         params = self.ac.trainable_parameters()
         # The fused kernel does Adam's element-wise passes in one (0.08 vs 0.47 s a step for 135M CPU parameters).
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
@@ -181,7 +210,7 @@ class OnPolicyAgent(UpdateLoop, ABC):
         t_rollout = time.perf_counter() - t0
         exp = self._make_experience(batch)
         t1 = time.perf_counter()
-        stats = self._update(exp)
+        stats = self.update(exp)
         t_update = time.perf_counter() - t1
         # The controller sees the per-sequence summed KL, averaged over all ranks' episodes.
         mean_kl = dist.all_reduce_mean(exp.kl.sum(1).mean()).item()
@@ -192,6 +221,11 @@ class OnPolicyAgent(UpdateLoop, ABC):
         if self.config.sample_every and self.iteration % self.config.sample_every == 0:
             self.logger.log_samples(self.iteration, self.sample_table(exp))
         return metrics
+
+    def update(self, exp: Experience) -> dict[str, float]:
+        """The optimisation phase of one iteration (what :meth:`step` calls after the rollout and the
+        experience): epochs of minibatch updates on ``exp``; returns the update's statistics."""
+        return self._update(exp)
 
     def _prompt_indices(self, n: int) -> np.ndarray | None:
         """``n`` prompt indices from ``prompt_sampler`` (None without one). The generator is keyed by
@@ -251,8 +285,10 @@ class OnPolicyAgent(UpdateLoop, ABC):
     @torch.inference_mode()
     def _make_experience(self, batch: RolloutBatch) -> Experience:
         """The rollout's old log-probs/values, reference log-probs, scores and per-token KL, and the
-        algorithm's rewards, advantages and returns (:meth:`_targets`)."""
+        algorithm's rewards, advantages and returns (:meth:`_targets`). ``batch`` may be on any device:
+        it is moved to the agent's first, and every tensor of the experience is on ``self.device``."""
         cfg = self.config
+        batch = batch.to(self.device)
         ids, attn, P = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
         mask, mbs = batch.response_mask, cfg.micro_batch_size
         # Old log-probs and values come from a forward equal to the training forward (eval mode, fp32
@@ -260,20 +296,23 @@ class OnPolicyAgent(UpdateLoop, ABC):
         # one cached column at a time, so its numbers are reused (one forward of the batch saved);
         # batches it did not sample (augmented ones) or recompute_old_logprobs re-run it.
         # Half-precision cached and uncached forwards differ by ~1e-2 (fp32: ~1e-6), which would
-        # show up as ratio noise and clipping, so low-precision policies always recompute.
+        # show up as ratio noise and clipping, so low-precision policies always recompute: half-precision
+        # weights, and fp32 weights under bf16 autocast alike.
         full_precision = next(self.ac.policy.parameters()).dtype in (torch.float32, torch.float64)
+        full_precision = full_precision and self.autocast_dtype is None
         if batch.values is not None and not cfg.recompute_old_logprobs and full_precision:
             old_logp, old_values = where_mask(batch.sample_logprobs, mask), where_mask(batch.values, mask)
         else:
             old_logp, old_values = [], []
             for s in range(0, len(batch), mbs):
-                lp, _, v = self.ac.evaluate(ids[s : s + mbs], attn[s : s + mbs], P, cfg.temperature, with_entropy=None)
+                lp, _, v = self.ac.evaluate(ids[s : s + mbs], attn[s : s + mbs], P, cfg.temperature, with_entropy=None,
+                                            autocast_dtype=self.autocast_dtype)
                 old_logp.append(lp)
                 old_values.append(v)
             old_logp = where_mask(torch.cat(old_logp), mask)
             old_values = where_mask(torch.cat(old_values), mask)
         ref_logp = where_mask(torch.cat([
-            self.ac.reference_logprobs(ids[s : s + mbs], attn[s : s + mbs], P, cfg.temperature)
+            self.ac.reference_logprobs(ids[s : s + mbs], attn[s : s + mbs], P, cfg.temperature, self.autocast_dtype)
             for s in range(0, len(batch), mbs)
         ]), mask)
         scores = self._process_scores(batch)
@@ -307,7 +346,8 @@ class OnPolicyAgent(UpdateLoop, ABC):
         ``values``, ``log_ratio``, ``ratio`` (vs the rollout's old log-probs), ``mask``, and (b, T, V) ``logits``."""
         P = exp.batch.prompt_ids.shape[1]
         ids, attn, m = exp.batch.input_ids[idx], exp.batch.attention_mask[idx], exp.batch.response_mask[idx]
-        logits, hidden = response_forward(self.ac.policy, ids, attn, P, self.config.temperature, want_hidden=True)
+        logits, hidden = response_forward(self.ac.policy, ids, attn, P, self.config.temperature, want_hidden=True,
+                                          autocast_dtype=self.autocast_dtype)
         # The entropy joins the graph only when the loss uses it (ent_coef != 0). Else it is only logged,
         # and the sampler's (the rollout policy's) is logged: computing it here costs a full-vocabulary
         # pass per micro-batch and epoch (~4 % of a SmolLM2 update) for a number nothing optimises.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 from tokengym.config import from_dict
+from tokengym.hardware import resolve_device, resolve_dtype
 
 
 @dataclass
@@ -62,6 +63,7 @@ class OnPolicyConfig:
     max_nonfinite_updates: int = 3  # consecutive skipped minibatches before training stops
     # True spends one more forward over the batch for the old log-probs and values; False takes them
     # from the sampler, whose KV-cached steps are the same eval-mode fp32 forward (equal to ~1e-6).
+    # Under bf16 autocast they are always recomputed: cached and full bf16 forwards differ by more.
     recompute_old_logprobs: bool = False
     # LoRA r=16: one set of base weights serves policy and reference, and backward skips the frozen
     # base's weight gradients (0 = full fine-tuning, the reference is then a frozen copy).
@@ -72,6 +74,13 @@ class OnPolicyConfig:
     # A checkpoint every 5 iterations (0 = only at the end): an interrupted 12-iteration run loses at
     # most 4 iterations, and a save (LoRA adapters, optimiser, random streams) is cheap next to one.
     checkpoint_every: int = 5
+    # Where the model runs: "auto" is CUDA when torch sees a GPU, else the CPU; a device asked for by
+    # name ("cpu", "cuda", "cuda:1") is used or refused, never replaced (tokengym.hardware).
+    device: str = "auto"
+    # Compute precision: "fp32", or "bf16" = autocast (the weights and Adam stay fp32, the matmuls of
+    # every forward run in bf16, log-probs, ratios, advantages and KL in fp32). "auto" picks bf16 on a
+    # GPU that supports it and on a CPU where it measured faster, since emulated bf16 is ~100x slower.
+    dtype: str = "auto"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -86,6 +95,10 @@ class OnPolicyConfig:
         loop that never runs.
         """
         check_int(self, "seed", minimum=0)  # numpy's seed sequences refuse negative entropy
+        # A GPU asked for on a machine without one is refused here, before any model is loaded.
+        device = resolve_device(self.device, setting="device")
+        if self.dtype != "auto":  # "auto" is always valid; resolving it may run a short benchmark, left to the agent
+            resolve_dtype(self.dtype, device, setting="dtype")
         for name in ("batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs", "max_nonfinite_updates"):
             check_int(self, name, minimum=1)
         for name in ("lora_r", "sample_every", "checkpoint_every"):

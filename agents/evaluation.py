@@ -58,14 +58,22 @@ def evaluate_policy(
 
     The prompts are the first ``episodes`` items of the env's prompt set in order, so two calls
     (before and after training) see exactly the same prompts and sampling seed.
+
+    ``policy`` may be on any device: the samples are moved to it and ``ref_logprobs`` gets them there
+    (the reference of the same agent lives on the same device). The evaluation runs in fp32, without
+    autocast, even for an agent that trains under bf16: the KL to the reference is a sum of
+    differences of log-probs over every token, where bf16's rounding would add up to a bias, and a
+    sampler and reference that both run fp32 describe the same distribution. The env and its reward
+    models run on the CPU.
     """
     sampler = CachedSampler(policy, temperature=temperature)
+    device = next(policy.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     n_prompts = len(env.prompts)
     scores, golds, kls, kls_k3, nlls, lengths, stopped, samples = [], [], [], [], [], [], [], []
     for start in range(0, episodes, env.num_envs):
         idx = np.arange(start, start + env.num_envs) % n_prompts
-        b = sampler.rollout(env, seed=seed + start, generator=gen, options={"prompt_indices": idx})
+        b = sampler.rollout(env, seed=seed + start, generator=gen, options={"prompt_indices": idx}).to(device)
         P = b.prompt_ids.shape[1]
         logp = b.sample_logprobs  # log-probs of the sampled tokens under the policy (temperature applied)
         # Selected, not multiplied, by the mask: a reference that rules out pad gives -inf at the

@@ -43,7 +43,7 @@ def kl_penalised_rewards(kl: torch.Tensor, scores: torch.Tensor, mask: torch.Ten
     """
     rewards = -beta * kl
     last = (mask.sum(1).long() - 1).clamp(min=0)
-    rewards[torch.arange(len(rewards)), last] += scores
+    rewards[torch.arange(len(rewards), device=rewards.device), last] += scores
     return where_mask(rewards, mask)
 
 

@@ -40,7 +40,14 @@ def pg_terms(
     pg_loss = (losses * m).sum() / n_tokens
     ent = (f["token_entropy"] * m).sum() / n_tokens
     loss = pg_loss - agent.config.ent_coef * ent if agent.config.ent_coef != 0 else pg_loss
-    return loss, {"pg_loss": pg_loss, "vf_loss": torch.zeros(()), "entropy": ent, **stats, **f}
+    return loss, {"pg_loss": pg_loss, "vf_loss": torch.zeros((), device=pg_loss.device), "entropy": ent, **stats, **f}
+
+
+def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B, T) ``G_t = sum_{t' >= t} gamma^(t'-t) r_t'`` over each response, 0 off ``mask``: GAE with
+    V = 0 and lambda = 1."""
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)
+    return returns
 
 
 @dataclass
@@ -86,8 +93,7 @@ class ReinforceAgent(OnPolicyAgent):
         cfg, batch = self.config, exp.batch
         mask = batch.response_mask
         rewards = self._penalised_rewards(exp)
-        # Reward-to-go = GAE with V = 0 and lambda = 1.
-        returns, _ = gae(rewards, torch.zeros_like(rewards), mask, cfg.gamma, 1.0)
+        returns = reward_to_go(rewards, mask, cfg.gamma)
         seq_mean = returns[:, 0].mean().item()
         if cfg.baseline == "none":
             b = 0.0
@@ -154,4 +160,5 @@ class A2CAgent(OnPolicyAgent):
         return loss + self.config.vf_coef * vf_loss, out
 
 
-__all__ = ["A2CAgent", "A2CConfig", "ReinforceAgent", "ReinforceConfig", "pg_terms", "whole_batch_defaults"]
+__all__ = ["A2CAgent", "A2CConfig", "ReinforceAgent", "ReinforceConfig", "pg_terms", "reward_to_go",
+           "whole_batch_defaults"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .rollout import entropy_from_logprobs, mask_pad_logits, position_ids_from_mask
+from .rollout import autocast_context, entropy_from_logprobs, mask_pad_logits, position_ids_from_mask
 
 
 def hidden_size(model: PreTrainedModel) -> int:
@@ -50,8 +50,10 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(..., H) -> (...)."""
-        return self.linear(hidden_states.float()).squeeze(-1)
+        """(..., H) -> (...), fp32 even when called under autocast (the values feed GAE and the
+        value loss; an H -> 1 product costs nothing next to the LM)."""
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            return self.linear(hidden_states.float()).squeeze(-1)
 
 
 def response_forward(
@@ -61,6 +63,7 @@ def response_forward(
     prompt_len: int,
     temperature: float,
     want_hidden: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits that predict each response token, and optionally the hidden states there.
 
@@ -69,13 +72,17 @@ def response_forward(
     never over the prompt: that is most of the LM-head cost saved. Returns logits (B, T, V) in fp32
     even for a bf16/fp16 model, divided by the sampling temperature (the same as when sampling, so
     the first ratio is 1), and hidden (B, T, H) or None.
+
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the model's forward, and only it, under
+    ``torch.autocast``; the cast to fp32 and the temperature come after it.
     """
     T = input_ids.shape[1] - prompt_len
     keep = torch.arange(prompt_len - 1, prompt_len + T - 1, device=input_ids.device)
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=keep, output_hidden_states=want_hidden, use_cache=False,
-    )
+    with autocast_context(input_ids.device, autocast_dtype):
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+            logits_to_keep=keep, output_hidden_states=want_hidden, use_cache=False,
+        )
     logits = out.logits.float()
     if temperature != 1.0:  # skip a pass over (B, T, V) floats, and its backward, in the common case
         logits = logits / temperature
@@ -95,8 +102,11 @@ def token_logprobs(
     ``pad_id`` removes the pad token from the distribution, as the sampler does (pad is never an
     action): without it these log-probs would differ from the sampled ones by ``log(1 - p(pad))``.
     The log-prob of a pad *position* is then -inf; callers mask those positions with ``where_mask``.
+
+    Logits of a bf16 forward are cast to fp32 first: differences of these log-probs (ratios, KL) are
+    where bf16's three significant digits would show up.
     """
-    logits = logits[..., :vocab]
+    logits = logits[..., :vocab].float()
     if pad_id is not None:
         logits = mask_pad_logits(logits, pad_id)
     logp_all = torch.log_softmax(logits, dim=-1)
@@ -147,21 +157,26 @@ class ActorCritic(nn.Module):
 
     def evaluate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float,
-        with_entropy: bool | None = True,
+        with_entropy: bool | None = True, autocast_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Policy log-probs, entropies (see :func:`token_logprobs`) and values of the response tokens, (B, T) fp32."""
-        logits, hidden = response_forward(self.policy, input_ids, attention_mask, prompt_len, temperature, True)
+        """Policy log-probs, entropies (see :func:`token_logprobs`) and values of the response tokens, (B, T)
+        fp32; ``autocast_dtype`` runs the forward under autocast (see :func:`response_forward`)."""
+        logits, hidden = response_forward(self.policy, input_ids, attention_mask, prompt_len, temperature, True,
+                                          autocast_dtype=autocast_dtype)
         logp, entropy = token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=with_entropy, pad_id=self.pad_token_id)
         return logp, entropy, self.value_head(hidden)
 
     @torch.inference_mode()
     def reference_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float,
+        autocast_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Log-probs of the response tokens under the frozen reference, (B, T) fp32."""
+        """Log-probs of the response tokens under the frozen reference, (B, T) fp32. The agent passes its
+        ``autocast_dtype``; without it (the evaluation's default) the forward is plain fp32."""
         model = self.policy if self.uses_lora else self.reference
         with self.reference_context():
-            logits, _ = response_forward(model, input_ids, attention_mask, prompt_len, temperature)
+            logits, _ = response_forward(model, input_ids, attention_mask, prompt_len, temperature,
+                                         autocast_dtype=autocast_dtype)
         return token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=None, pad_id=self.pad_token_id)[0]
 
     def reference_fingerprint(self) -> str:

@@ -7,8 +7,9 @@ re-feeding of env loops in RL4LMs/TextRL, and matches ``model.generate`` token f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import nullcontext
+from dataclasses import dataclass, field, fields
+from typing import Any, ContextManager
 
 import numpy as np
 import torch
@@ -57,6 +58,36 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        """The batch with every tensor on ``device`` (itself when they all are already there).
+
+        Attributes set after construction (``augmented``, ``real`` of the augmenter's batches) are
+        carried over and moved too.
+        """
+        device = torch.device(device)
+        tensors = [v for v in vars(self).values() if isinstance(v, torch.Tensor)]
+        if all(t.device == device for t in tensors):
+            return self
+        move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v  # noqa: E731
+        names = {f.name for f in fields(self)}
+        out = RolloutBatch(**{n: move(getattr(self, n)) for n in names})
+        for key, value in vars(self).items():
+            if key not in names:
+                setattr(out, key, move(value))
+        return out
+
+
+def autocast_context(device: torch.device | str, dtype: torch.dtype | None) -> ContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing when ``dtype`` is None (fp32).
+
+    Only model forwards run inside it: their matmuls go to bf16 while the weights stay fp32. Callers
+    cast the logits to fp32 before any log-softmax, so log-probs and everything computed from them
+    (ratios, advantages, KL) stay in fp32.
+    """
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
 
 def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
     """``-sum p log p`` over the last dimension. Tokens a model masks with a -inf logit have p = 0 and
@@ -97,14 +128,29 @@ class CachedSampler:
     temperature: the training forward run incrementally) that is everything PPO's "old" forward
     would compute, so the agent can skip that forward (one forward of the batch saved per
     iteration), as SB3 does.
+
+    Devices: the model's forwards and the per-step records (log-probs, values, entropies) are on the
+    model's device. The env, and the reward model inside it, run on the CPU: each step's actions go
+    to it as numpy, and its token ids, scores and flags come back as numpy. The returned batch is on
+    the CPU, next to the env's side of it and where callers turn it into numpy (the records are
+    copied there once, at the end); the agents move it to their device (:meth:`RolloutBatch.to`).
+    The token draw is on the CPU too, with the CPU ``generator``, so that a seed gives the same
+    samples on every device.
+
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forwards under ``torch.autocast``; the
+    log-softmax stays fp32. KV-cached bf16 steps can differ from a full-sequence forward by ~1e-2 in
+    log-prob, so an agent that samples under autocast recomputes the old log-probs with its training
+    forward rather than reusing ``sample_logprobs``.
     """
 
     def __init__(
-        self, model: PreTrainedModel, temperature: float = 1.0, greedy: bool = False, value_head: nn.Module | None = None
+        self, model: PreTrainedModel, temperature: float = 1.0, greedy: bool = False, value_head: nn.Module | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.model, self.temperature, self.greedy, self.value_head = model, temperature, greedy, value_head
+        self.autocast_dtype = autocast_dtype
 
     @torch.inference_mode()
     def rollout(
@@ -133,14 +179,17 @@ class CachedSampler:
         mask = torch.as_tensor(obs["attention_mask"][:, :P], device=device)
         pos = position_ids_from_mask(mask)
         want_values = self.value_head is not None
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-            output_hidden_states=want_values,
-        )
+        with autocast_context(device, self.autocast_dtype):
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                output_hidden_states=want_values,
+            )
         vocab = env.vocab_size
-        logprobs = torch.zeros(B, T, dtype=torch.float32)
-        values = torch.zeros(B, T, dtype=torch.float32) if want_values else None
-        entropy = torch.zeros(B, T, dtype=torch.float32)
+        # The per-step records stay on the model's device during the rollout, copied to the CPU once at its end.
+        logprobs = torch.zeros(B, T, dtype=torch.float32, device=device)
+        values = torch.zeros(B, T, dtype=torch.float32, device=device) if want_values else None
+        entropy = torch.zeros(B, T, dtype=torch.float32, device=device)
+        # What the env reports (numpy) is collected on the CPU.
         scores = torch.zeros(B, dtype=torch.float32)
         gold = torch.zeros(B, dtype=torch.float32)
         stopped = torch.zeros(B, dtype=torch.bool)
@@ -158,22 +207,22 @@ class CachedSampler:
             logp = torch.log_softmax(mask_pad_logits(logits, pad), dim=-1)
             if self.greedy:
                 action = logp.argmax(-1)
-            else:
+            else:  # drawn on the CPU with the CPU generator: the same seed samples alike on every device
                 action = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(1).to(device)
-            active = torch.as_tensor(env.active)  # (B,) bool on the CPU, where the per-step records live
-            action = torch.where(active.to(device), action, torch.full_like(action, pad))
-            logprobs[:, t] = torch.where(active, logp.gather(1, action[:, None]).squeeze(1).cpu(), 0.0)
+            active = torch.as_tensor(env.active).to(device)  # (B,) bool: rows whose episode still runs
+            action = torch.where(active, action, torch.full_like(action, pad))
+            logprobs[:, t] = torch.where(active, logp.gather(1, action[:, None]).squeeze(1), 0.0)
             # Logged as the policy's entropy: (B, V) here is ~1 % of the step, while the same in the
             # training forward costs a (b, T, V) pass and its memory traffic in every epoch.
-            entropy[:, t] = torch.where(active, entropy_from_logprobs(logp).cpu(), 0.0)
+            entropy[:, t] = torch.where(active, entropy_from_logprobs(logp), 0.0)
             if want_values:  # the state s_t is the prefix that predicts a_t: the last fed position
                 v = self.value_head(out.hidden_states[-1][:, -1]).float()
-                values[:, t] = torch.where(active, v.cpu(), 0.0)
-            final, reward, terminated, truncated, info = env.step(action.cpu().numpy())
+                values[:, t] = torch.where(active, v, 0.0)
+            final, reward, terminated, truncated, info = env.step(action.cpu().numpy())  # the env steps on the CPU
             ended = terminated | truncated
             if ended.any():
                 rows = torch.as_tensor(np.flatnonzero(ended))
-                scores[rows] = torch.as_tensor(reward[ended])
+                scores[rows] = torch.as_tensor(reward[ended], dtype=torch.float32)
                 stopped[rows] = torch.as_tensor(terminated[ended])
                 if has_gold:
                     gold[rows] = torch.as_tensor(info["gold_score"][ended], dtype=torch.float32)
@@ -181,18 +230,20 @@ class CachedSampler:
                 break
             # Feed only the new column; finished rows keep feeding pad (their outputs are ignored).
             mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
-            out = self.model(
-                input_ids=action[:, None], attention_mask=mask, position_ids=next_pos,
-                cache=out.cache, use_cache=True, output_hidden_states=want_values,
-            )
+            with autocast_context(device, self.autocast_dtype):
+                out = self.model(
+                    input_ids=action[:, None], attention_mask=mask, position_ids=next_pos,
+                    cache=out.cache, use_cache=True, output_hidden_states=want_values,
+                )
             next_pos = next_pos + 1
         response_ids = torch.as_tensor(final["input_ids"][:, P:])
         response_mask = torch.as_tensor(final["attention_mask"][:, P:], dtype=torch.float32)
         items = env.prompt_items()
         return RolloutBatch(
-            prompt_ids=ids.cpu(), prompt_mask=torch.as_tensor(obs["attention_mask"][:, :P]),
-            response_ids=response_ids, response_mask=response_mask, sample_logprobs=logprobs,
-            scores=scores, stopped=stopped, gold_scores=gold if has_gold else None, values=values, entropy=entropy,
+            prompt_ids=torch.as_tensor(obs["input_ids"][:, :P]), prompt_mask=torch.as_tensor(obs["attention_mask"][:, :P]),
+            response_ids=response_ids, response_mask=response_mask, sample_logprobs=logprobs.cpu(),
+            scores=scores, stopped=stopped, gold_scores=gold if has_gold else None,
+            values=None if values is None else values.cpu(), entropy=entropy.cpu(),
             prompt_texts=[it["prompt"] for it in items], response_texts=env.response_texts(),
             prompt_ids_str=[it["id"] for it in items],
         )

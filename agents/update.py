@@ -68,7 +68,9 @@ class UpdateLoop:
         skipped = 0
         self.ac.policy.train(False)  # dropout stays off during the update too
         for epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(B, generator=self.shuffle_gen)  # a new order every epoch
+            # A new order every epoch, drawn by the CPU shuffle generator (the same order on every
+            # device) and moved to the batch's device, where it indexes the experience.
+            perm = torch.randperm(B, generator=self.shuffle_gen).to(mask.device)
             epoch_kls = []
             for start in range(0, B, cfg.minibatch_size):
                 mb = perm[start : start + cfg.minibatch_size]

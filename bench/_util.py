@@ -30,18 +30,56 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
-def machine_info() -> dict[str, Any]:
-    import torch
+def machine_info(device: Any = None, dtype: Any = None) -> dict[str, Any]:
+    """The machine a result was measured on: ``tokengym.hardware.hardware_record(device, dtype)`` (CPU
+    model and flags, GPU, torch, and the device and dtype measured when given), plus the Python
+    version, the load average and the date."""
+    from tokengym.hardware import hardware_record
 
     return {
-        **cpu_info(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **hardware_record(device, dtype),
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def resolve_dtypes(spec: str | None, device: Any) -> tuple[list[str], str | None]:
+    """The dtypes a benchmark measures (``"fp32,bf16"``), and why bf16 was left out (None if it was not).
+
+    By default bf16 is measured where it has hardware behind it: a GPU that supports it, or a CPU with
+    AMX or AVX512-BF16 units. Elsewhere bf16 is emulated (~100x slower than fp32 on an AVX2-only CPU),
+    so timing it says nothing about tokengym; ``--dtype fp32,bf16`` measures it anyway.
+    """
+    import torch
+
+    from tokengym.hardware import DTYPES, cpu_has_bf16_units, cpu_info
+
+    device = torch.device(device)
+    if spec:
+        names = [d.strip() for d in spec.split(",") if d.strip()]
+        bad = [d for d in names if d not in DTYPES]
+        if bad or not names:
+            raise SystemExit(f"--dtype takes a comma-separated list of {', '.join(DTYPES)}, got {spec!r}")
+        return names, None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return ["fp32", "bf16"], None
+        return ["fp32"], f"bf16 skipped: {torch.cuda.get_device_name(device)} does not support bf16"
+    if cpu_has_bf16_units():
+        return ["fp32", "bf16"], None
+    flags = ", ".join(cpu_info()["cpu_flags"]) or "none of the tracked ones"
+    return ["fp32"], (f"bf16 skipped: this CPU has no AMX or AVX512-BF16 units (flags: {flags}), so bf16 is emulated "
+                      "and ~100x slower than fp32; --dtype fp32,bf16 measures it anyway")
+
+
+def sync(device: Any) -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU): GPU calls return before their kernels finish,
+    so a timer read without it measures the launch, not the work."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def cpu_info() -> dict[str, Any]:
@@ -73,19 +111,26 @@ def peak_rss_mb() -> float:
 
 
 class Timer:
-    """Accumulates wall time of calls; ``wrap(obj, name)`` replaces a bound method by a timed one."""
+    """Accumulates wall time of calls; ``wrap(obj, name)`` replaces a bound method by a timed one.
 
-    def __init__(self) -> None:
+    With a CUDA ``device`` each section waits for the GPU at its start and end (see :func:`sync`)."""
+
+    def __init__(self, device: Any = None) -> None:
         self.totals: dict[str, float] = {}  # wall seconds
         self.cpu: dict[str, float] = {}  # process CPU seconds
         self.calls: dict[str, int] = {}
+        self.device = device
 
     @contextlib.contextmanager
     def section(self, key: str) -> Iterator[None]:
+        if self.device is not None:
+            sync(self.device)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
+            if self.device is not None:
+                sync(self.device)
             self.totals[key] = self.totals.get(key, 0.0) + time.perf_counter() - t0
             self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - c0
             self.calls[key] = self.calls.get(key, 0) + 1
@@ -106,31 +151,38 @@ class Timer:
         self.calls.clear()
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GFLOP/s of an ``n x n`` matmul (the compute ceiling of this machine, right now)."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: Any = None, device: Any = "cpu") -> float:
+    """Best GFLOP/s of an ``n x n`` matmul in ``dtype`` (default fp32) on ``device`` (the compute
+    ceiling of this machine, right now)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = dtype or torch.float32
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     a @ b
+    sync(device)
     best = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
 
-def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
-    """Best read bandwidth (GB/s) of summing an fp32 tensor of ``mb`` MB (the ceiling of decode steps,
-    which read every weight once per step)."""
+def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5, device: Any = "cpu") -> float:
+    """Best read bandwidth (GB/s) of summing an fp32 tensor of ``mb`` MB on ``device`` (the ceiling of
+    decode steps, which read every weight once per step)."""
     import torch
 
-    x = torch.ones(mb * 2**20 // 4)
+    x = torch.ones(mb * 2**20 // 4, device=device)
     x.sum()
+    sync(device)
     best = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         x.sum()
+        sync(device)
         best = max(best, x.numel() * 4 / (time.perf_counter() - t0) / 1e9)
     return best
 
@@ -148,9 +200,10 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+def write_results(name: str, data: dict[str, Any], markdown: str, results_dir: Path | str | None = None) -> tuple[Path, Path]:
+    folder = Path(results_dir) if results_dir else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    js, md = folder / f"{name}.json", folder / f"{name}.md"
     js.write_text(json.dumps(data, indent=1, default=float) + "\n")
     md.write_text(markdown.rstrip() + "\n")
     return js, md
@@ -169,6 +222,17 @@ def long_prompt_indices(env: Any, n: int, min_tokens: int, at_least: int | None 
     if at_least is not None and len(out) >= at_least:
         return out
     raise ValueError(f"only {len(out)} prompts have >= {min_tokens} tokens")
+
+
+def load_policy(spec: str) -> tuple[Any, Any]:
+    """``(tokenizer, model)`` of a benchmark's ``--model``: ``"smollm2"`` (the default policy) or
+    ``"tiny"``, a randomly initialised 2-layer llama on the SmolLM2 tokenizer that runs every code path
+    of a benchmark in seconds (its numbers mean nothing)."""
+    from tokengym.models import load_causal_lm, load_tokenizer, make_tiny_causal_lm
+
+    if spec == "tiny":
+        return make_tiny_causal_lm(load_tokenizer("smollm2"), hidden=64, n_layers=2, n_heads=4, seed=0)
+    return load_causal_lm(spec)
 
 
 def never_stop(tokenizer: Any) -> list[int]:

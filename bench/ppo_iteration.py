@@ -2,7 +2,7 @@
 
 Workload: ``--batch`` (16) prompts of exactly ``--prompt-tokens`` (16) tokens, ``--new-tokens`` (48) new
 tokens each (EOS off, so every episode has 48 tokens), ``--epochs`` (4) PPO epochs of minibatch
-``--minibatch`` (8), fp32; the reward is a ``learned`` MiniLM reward model (a fresh one from
+``--minibatch`` (8); the reward is a ``learned`` MiniLM reward model (a fresh one from
 ``tokengym.rewards.learned.new_reward_model()``, saved to a temporary folder). Configurations: full
 fine-tuning (frozen deep-copied reference) and LoRA (``lora_r=16``; the reference is the base with the
 adapters disabled).
@@ -12,7 +12,7 @@ alternates for ``--repeats`` rounds:
 
 * **ours**: ``PPOAgent.step()``, timed from outside by wrapping ``agent.sampler.rollout`` (generation),
   the env's reward (scoring; inside the rollout, subtracted from generation), ``agent.ac.evaluate``
-  (old log-probs and values), ``agent.ac.reference_logprobs`` and ``agent._update``;
+  (old log-probs and values), ``agent.ac.reference_logprobs`` and ``agent.update``;
 * **direct floor**: the same work called directly on the model: ``generate`` (KV cache, EOS off), the
   reward model's forward on the texts, one policy forward (response logits + hidden states) and one
   reference forward over the batch, and ``epochs x batch/minibatch`` forward+backward passes (response
@@ -27,8 +27,22 @@ alternates for ``--repeats`` rounds:
 Peak memory is the subprocess's ``ru_maxrss`` right after its first "ours" iteration (before the floor
 ran in it). Targets: iteration <= 1.5x FLOP floor; peak memory <= 3 GB (LoRA), <= 6 GB (full).
 
+Devices and precisions: ``--device`` (``auto``: CUDA when torch sees a GPU) and ``--dtype``
+(``fp32,bf16``; by default bf16 only where it has hardware behind it, a GPU that supports it or a CPU
+with AMX/AVX512-BF16, and the results say why it was skipped otherwise). Each configuration runs once
+per dtype, ours and the floors in that dtype: bf16 is autocast (fp32 weights and Adam, bf16 matmuls)
+for the agent (``PPOConfig.dtype``) and for the direct floor's passes alike, and the FLOP floor uses
+the matmul peak measured in that dtype on that device. Under bf16 the agent recomputes the old
+log-probs and values (the sampler's cached bf16 steps differ from the training forward), so the floor
+then includes that forward too. The reward model runs on the CPU, inside the env, in both. Every
+result records ``hardware_record(device, dtype)``; on a GPU the timers wait for the device.
+
+``--model tiny`` runs every code path on a tiny random model (for checking the script; its numbers
+mean nothing).
+
 Run: ``python bench/ppo_iteration.py`` (both configs, ~10-15 min on a loaded 2-core machine) or
-``--configs lora``; results of configs not re-run are kept in bench/results/ppo_iteration.json.
+``--configs lora``; results of configs not re-run are kept in bench/results/ppo_iteration.json
+(``ppo_iteration_cuda.json`` on a GPU unless ``--tag`` is given).
 """
 
 from __future__ import annotations
@@ -43,8 +57,8 @@ import time
 from pathlib import Path
 
 from _util import (
-    RESULTS, Timer, command_line, never_stop, long_prompt_indices, machine_info, matmul_peak_gflops, md_table,
-    median, memory_bandwidth_gbs, peak_rss_mb, progress, set_threads, write_results,
+    RESULTS, Timer, command_line, load_policy, long_prompt_indices, machine_info, matmul_peak_gflops, md_table, median,
+    memory_bandwidth_gbs, never_stop, peak_rss_mb, progress, resolve_dtypes, set_threads, write_results,
 )
 
 PHASES = ["generation", "scoring", "old_logprobs_values", "reference_logprobs", "update", "other"]
@@ -98,13 +112,15 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from tokengym.agents import PPOAgent, PPOConfig
+    from tokengym.agents.rollout import autocast_context
     from tokengym.envs import BatchedTextEnv
-    from tokengym.models import load_causal_lm
+    from tokengym.hardware import DTYPES, resolve_device
     from tokengym.rewards import RewardFunction, resolve_reward
 
     B, T, P, lora = args.batch, args.new_tokens, args.prompt_tokens, args.child == "lora"
-    tok, model = load_causal_lm()
-    timer = Timer()
+    device, dtype = resolve_device(args.device, setting="--device"), DTYPES[args.dtype]
+    tok, model = load_policy(args.model)
+    timer = Timer(device)
     learned_checked = resolve_reward(args.rm)  # the reward model the env pays, validated
     learned = learned_checked.inner  # the LearnedReward itself, for the floor's direct forward
 
@@ -122,8 +138,11 @@ def child(args: argparse.Namespace) -> None:
     long_idx = np.asarray(long_prompt_indices(env, 4 * B, P, at_least=B))
     cfg = PPOConfig(batch_size=B, minibatch_size=args.minibatch, micro_batch_size=args.minibatch, ppo_epochs=args.epochs,
                     lora_r=16 if lora else 0, sample_every=0, adaptive_kl=False,
-                    recompute_old_logprobs=bool(args.recompute_old))
-    agent = PPOAgent(env, model, cfg)
+                    recompute_old_logprobs=bool(args.recompute_old), device=str(device), dtype=args.dtype)
+    agent = PPOAgent(env, model, cfg)  # moves the model to the device
+    autocast_dtype = agent.autocast_dtype
+    # Under autocast the agent recomputes the old log-probs and values; the floor does the same work.
+    recompute_old = bool(args.recompute_old) or autocast_dtype is not None
     agent.total_iterations = 1000  # keep the learning rate away from 0 (annealing)
     agent.prompt_sampler = lambda n, progress, rng: rng.choice(long_idx, size=n, replace=False)
     policy, value_head = agent.ac.policy, agent.ac.value_head
@@ -131,7 +150,7 @@ def child(args: argparse.Namespace) -> None:
     timer.wrap(agent.sampler, "rollout", "rollout")
     timer.wrap(agent.ac, "evaluate", "old_logprobs_values")
     timer.wrap(agent.ac, "reference_logprobs", "reference_logprobs")
-    timer.wrap(agent, "_update", "update")
+    timer.wrap(agent, "update", "update")
     def ours() -> dict[str, dict[str, float]]:
         timer.reset()
         with timer.section("total"):
@@ -149,18 +168,18 @@ def child(args: argparse.Namespace) -> None:
     gen_cfg = copy.deepcopy(policy.generation_config if not lora else policy.get_base_model().generation_config)
     gen_cfg.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=T, eos_token_id=None,
                    pad_token_id=tok.pad_token_id)
-    keep = torch.arange(P - 1, P + T - 1)
+    keep = torch.arange(P - 1, P + T - 1, device=device)
     rm_tokens = [0]
 
     def floor(seed: int) -> dict[str, dict[str, float]]:
-        ft = Timer()
+        ft = Timer(device)
         rng = np.random.default_rng(seed)
         obs, _ = env.reset(options={"prompt_indices": rng.choice(long_idx, size=B, replace=False)})
-        prompt = torch.as_tensor(obs["input_ids"][:, :P])
+        prompt = torch.as_tensor(obs["input_ids"][:, :P], device=device)
         pmask = torch.ones_like(prompt)
         torch.manual_seed(seed)
-        with ft.section("generation"), torch.no_grad():
-            if args.recompute_old:
+        with ft.section("generation"), torch.no_grad(), autocast_context(device, autocast_dtype):
+            if recompute_old:
                 ids = policy.generate(input_ids=prompt, attention_mask=pmask, generation_config=gen_cfg)
             else:  # old log-probs and values from generate's own steps, as the agent's sampler does
                 g = policy.generate(input_ids=prompt, attention_mask=pmask, generation_config=gen_cfg, output_logits=True,
@@ -170,9 +189,9 @@ def child(args: argparse.Namespace) -> None:
                 torch.log_softmax(logits, -1).gather(-1, ids[:, P:, None])
                 value_head(torch.stack([h[-1][:, -1] for h in g.hidden_states], 1))
                 del g, logits
-        texts = tok.batch_decode(ids[:, P:], skip_special_tokens=True)
-        prompts = tok.batch_decode(prompt, skip_special_tokens=True)
-        with ft.section("scoring"), torch.inference_mode():
+        texts = tok.batch_decode(ids[:, P:].cpu(), skip_special_tokens=True)
+        prompts = tok.batch_decode(prompt.cpu(), skip_special_tokens=True)
+        with ft.section("scoring"), torch.inference_mode():  # on the CPU, where the env runs it for ours
             enc = learned.tokenizer(prompts, texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
             learned.model(**enc)
         rm_tokens[0] = int(enc["attention_mask"].sum())
@@ -180,13 +199,15 @@ def child(args: argparse.Namespace) -> None:
         resp = ids[:, P:]
 
         def forward(m, rows):
-            out = m(input_ids=ids[rows], attention_mask=mask[rows], logits_to_keep=keep, output_hidden_states=True, use_cache=False)
+            with autocast_context(device, autocast_dtype):
+                out = m(input_ids=ids[rows], attention_mask=mask[rows], logits_to_keep=keep, output_hidden_states=True,
+                        use_cache=False)
             logp = torch.log_softmax(out.logits.float(), -1).gather(-1, resp[rows, :, None]).squeeze(-1)
             return logp, value_head(out.hidden_states[-1][:, P - 1 : P + T - 1])
 
-        all_rows = torch.arange(B)
+        all_rows = torch.arange(B, device=device)
         ft.totals["old_logprobs_values"] = ft.cpu["old_logprobs_values"] = 0.0
-        if args.recompute_old:
+        if recompute_old:
             with ft.section("old_logprobs_values"), torch.inference_mode():
                 forward(policy, all_rows)
         with ft.section("reference_logprobs"), torch.inference_mode(), agent.ac.reference_context():
@@ -207,8 +228,13 @@ def child(args: argparse.Namespace) -> None:
             out[kind] = ph
         return out
 
-    peak = matmul_peak_gflops()
-    bw = memory_bandwidth_gbs()
+    from tokengym.hardware import cpu_has_bf16_units
+
+    # Emulated bf16 (a CPU without AMX/AVX512-BF16 units) takes about a minute per 2048^3 matmul; a
+    # 512^3 one measures the same slow peak in a second.
+    peak_n = 512 if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16_units() else 2048
+    peak = matmul_peak_gflops(n=peak_n, dtype=dtype, device=device)
+    bw = memory_bandwidth_gbs(device=device)
     rounds = []
     rss_after_ours = None
     for r in range(args.repeats):
@@ -220,16 +246,17 @@ def child(args: argparse.Namespace) -> None:
         f = floor(1000 + r)
         progress(f"[{args.child}] round {r + 1}/{args.repeats}: direct floor {f['wall']['total']:.1f} s")
         rounds.append({"ours": o, "floor": f})
-        peak = max(peak, matmul_peak_gflops(repeats=3))
-        bw = max(bw, memory_bandwidth_gbs(repeats=3))
+        peak = max(peak, matmul_peak_gflops(n=peak_n, repeats=3, dtype=dtype, device=device))
+        bw = max(bw, memory_bandwidth_gbs(repeats=3, device=device))
 
     rm_body = sum(p.numel() for p in learned.model.parameters()) - learned.model.get_input_embeddings().weight.numel()
-    flops = flop_model(policy, B, P, T, args.epochs, lora, rm_tokens[0], rm_body, bool(args.recompute_old))
+    flops = flop_model(policy, B, P, T, args.epochs, lora, rm_tokens[0], rm_body, recompute_old)
     out = {
-        "config": args.child, "rounds": rounds, "matmul_peak_gflops": peak, "memory_bandwidth_gbs": bw, "flops": flops,
+        "config": args.child, "dtype": args.dtype, "device": str(device), "rounds": rounds, "matmul_peak_gflops": peak, "matmul_n": peak_n, "memory_bandwidth_gbs": bw, "flops": flops,
         "peak_rss_mb_ours": rss_after_ours, "peak_rss_mb_process": peak_rss_mb(),
         "trainable_parameters": sum(p.numel() for p in agent.ac.trainable_parameters()),
-        "tokens_per_iteration": B * T, "machine": machine_info(),
+        "tokens_per_iteration": B * T, "machine": machine_info(device, dtype), "hardware": machine_info(device, dtype),
+        "gpu_peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
     }
     Path(args.out).write_text(json.dumps(out, default=float))
 
@@ -260,10 +287,16 @@ def summarise(res: dict, peak_gflops: float, bw_gbs: float) -> dict:
     return out
 
 
-def markdown(results: dict, settings: dict, command: str, peak: float, bw: float) -> str:
-    lines = [f"### One PPO iteration (SmolLM2-135M fp32, batch {settings['batch']}, {settings['prompt_tokens']}-token prompts, "
+def markdown(results: dict, settings: dict, command: str, peaks: dict[str, float], bw: float,
+             skipped: str | None = None) -> str:
+    dtypes = sorted({res.get("dtype", "fp32") for res in results.values()}, key=["fp32", "bf16"].index)
+    lines = [f"### One PPO iteration ({settings.get('model', 'smollm2')} {' and '.join(dtypes)} on "
+             f"{settings.get('device', 'cpu')}, batch {settings['batch']}, {settings['prompt_tokens']}-token prompts, "
              f"{settings['new_tokens']} new tokens, {settings['epochs']} epochs x minibatch {settings['minibatch']}, "
              "learned MiniLM reward)", ""]
+    if "bf16" in dtypes:
+        lines += ["bf16 = autocast: fp32 weights and Adam, bf16 matmuls, fp32 log-probs; ours recomputes the old "
+                  "log-probs and values under it, and the direct floor runs that forward too.", ""]
     mem_rows = []
     for name, res in results.items():
         sm = res["summary"]
@@ -288,19 +321,23 @@ def markdown(results: dict, settings: dict, command: str, peak: float, bw: float
                   f"{100 * ff['update'] / c['ours']['update']:.0f} % (direct floor: {100 * ff['update'] / c['direct_floor']['update']:.0f} %)",
                   f"* {res['tokens_per_iteration'] / w['ours']['total']:.1f} generated tokens/s over the whole iteration (wall), "
                   f"{res['tokens_per_iteration'] / c['ours']['total']:.1f} per CPU-second", ""]
-        limit = 3000 if name == "lora" else 6000
+        limit = 3000 if res.get("config", name) == "lora" else 6000
         mem_rows.append([name, res["peak_rss_mb_ours"], limit, "met" if res["peak_rss_mb_ours"] <= limit else "NOT met",
                          res["peak_rss_mb_process"]])
     lines += ["Peak resident memory (MB) of each configuration's process after its first PPO iteration:", "",
               md_table(["config", "peak RSS MB (ours)", "target MB", "", "peak RSS MB incl. direct floor"], mem_rows), "",
               "Direct floor = the same passes called on the model without the agent; FLOP floor = the iteration's FLOPs at the "
-              f"best fp32 matmul peak measured in the run ({peak:.1f} GFLOP/s, 2048x2048, {settings['threads']} thread(s)); roofline floor = the same, except each decode step costs at least one read of the weights "
+              "best matmul peak measured in the run in the same dtype ("
+              + ", ".join(f"{dt}: {pk:.1f} GFLOP/s" for dt, pk in peaks.items())
+              + f"; {max(r.get('matmul_n', 2048) for r in results.values())}^2 matmuls, {settings['threads']} thread(s)); roofline floor = the same, except each decode step costs at least one read of the weights "
               f"at the best measured read bandwidth ({bw:.1f} GB/s). CPU time = the process's CPU seconds (with one torch thread CPU time = work done, "
               "and other jobs on the machine inflate it much less than wall time). "
               f"Load average at the start: {results[next(iter(results))]['machine']['load_average'][0]:.1f} (2 cores); "
               "ours and the direct floor alternate in one process, so their ratio is the robust number. Old log-probs and values "
               "come out of the generation's own forwards (ours: the sampler's cached steps; direct floor: `generate`'s per-step "
-              "logits and hidden states), so neither runs a separate old forward (`--recompute-old 1` measures that variant).",
+              "logits and hidden states), so neither runs a separate old forward in fp32 (`--recompute-old 1` measures that "
+              "variant; under bf16 both always run it).",
+              *([f"{skipped}."] if skipped else []),
               f"Command: `{command}` ({max(r['machine']['date'] for r in results.values())})"]
     return "\n".join(lines)
 
@@ -315,7 +352,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--minibatch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tag", default="", help="suffix of the results files (e.g. _threads2), so other runs are kept")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU), cpu, cuda, cuda:N")
+    ap.add_argument("--dtype", default=None,
+                    help="comma-separated fp32,bf16 (bf16 = autocast); default: both where bf16 has hardware "
+                         "(a GPU that supports it, a CPU with AMX/AVX512-BF16), else fp32")
+    ap.add_argument("--model", default="smollm2", help="smollm2, a local model path, or tiny (checks the code paths)")
+    ap.add_argument("--tag", default=None, help="suffix of the results files (e.g. _threads2), so other runs are kept; "
+                                                "default '' on the CPU, _cuda on a GPU")
+    ap.add_argument("--results-dir", default=None, help="where the results go (default bench/results)")
     ap.add_argument("--recompute-old", type=int, default=0, help="1: PPOConfig.recompute_old_logprobs (a separate old forward)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--rm", help=argparse.SUPPRESS)
@@ -324,9 +368,17 @@ def main() -> None:
     if args.child:
         return child(args)
 
+    from tokengym.hardware import resolve_device
+
+    device = resolve_device(args.device, setting="--device")
+    dtypes, skipped = resolve_dtypes(args.dtype, device)
+    if skipped:
+        progress(skipped)
+    tag = args.tag if args.tag is not None else ("" if device.type == "cpu" else f"_{device.type}")
     settings = {k: getattr(args, k) for k in ("batch", "new_tokens", "prompt_tokens", "epochs", "minibatch", "repeats", "threads",
-                                              "recompute_old")}
-    js = RESULTS / f"ppo_iteration{args.tag}.json"
+                                              "recompute_old", "model")}
+    settings["device"] = str(device)
+    js = Path(args.results_dir or RESULTS) / f"ppo_iteration{tag}.json"
     old = json.loads(js.read_text()) if js.is_file() else {}
     results = {k: v for k, v in old.get("configs", {}).items()  # configs of an earlier run with the same settings
                if old.get("settings") == settings and "wall" in v["rounds"][0]["ours"]}
@@ -341,24 +393,31 @@ def main() -> None:
             save_reward_model(rm_dir, rtok, rmodel, base_model="all-MiniLM-L6-v2")
             del rtok, rmodel
         for name in ran:
-            out = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, __file__, "--child", name, "--rm", str(rm_dir), "--out", str(out)]
-            cmd += [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
-            progress(f"config {name}: subprocess")
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            res = json.loads(out.read_text())
-            res["wall_s"] = time.perf_counter() - t0
-            results[name] = res
-    results = {k: results[k] for k in ("full", "lora") if k in results}
-    peak = max(r["matmul_peak_gflops"] for r in results.values())
+            for dt in dtypes:
+                key = f"{name}/{dt}"  # one result per configuration and dtype
+                out = Path(tmp) / f"{name}_{dt}.json"
+                cmd = [sys.executable, __file__, "--child", name, "--rm", str(rm_dir), "--out", str(out), f"--dtype={dt}"]
+                cmd += [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+                progress(f"config {key}: subprocess")
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True)
+                res = json.loads(out.read_text())
+                res["wall_s"] = time.perf_counter() - t0
+                results[key] = res
+    order = [f"{c}/{dt}" for c in ("full", "lora") for dt in ("fp32", "bf16")]
+    results = {k: results[k] for k in order if k in results}
+    # Each dtype's floors use the best matmul peak measured in that dtype (bf16 peaks are another ceiling).
+    peaks = {}
+    for res in results.values():
+        dt = res.get("dtype", "fp32")
+        peaks[dt] = max(peaks.get(dt, 0.0), res["matmul_peak_gflops"])
     bw = max(r["memory_bandwidth_gbs"] for r in results.values())
     for res in results.values():
-        res["summary"] = summarise(res, peak, bw)
+        res["summary"] = summarise(res, peaks[res.get("dtype", "fp32")], bw)
     data = {"command": command_line() if ran else old.get("command", command_line()), "settings": settings,
-            "matmul_peak_gflops": peak, "memory_bandwidth_gbs": bw, "configs": results}
-    md = markdown(results, settings, data["command"], peak, bw)
-    write_results("ppo_iteration" + args.tag, data, md)
+            "dtype_skipped": skipped, "matmul_peak_gflops": peaks, "memory_bandwidth_gbs": bw, "configs": results}
+    md = markdown(results, settings, data["command"], peaks, bw, skipped)
+    write_results("ppo_iteration" + tag, data, md, args.results_dir)
     print(md)
 
 

@@ -1,6 +1,6 @@
 """Rollout throughput: ``model.generate`` vs ``BatchedTextEnv`` + ``CachedSampler`` vs a naive env loop.
 
-Three ways to sample the same work on SmolLM2-135M-Instruct (fp32): ``--batch`` (16) prompts of
+Three ways to sample the same work on SmolLM2-135M-Instruct: ``--batch`` (16) prompts of
 exactly ``--prompt-tokens`` (16) tokens (the first prompts of ``movie_reviews`` that long, so no row is
 padded), ``--new-tokens`` (48) new tokens each, temperature 1, no top-k/top-p:
 
@@ -23,7 +23,19 @@ Variants are interleaved (the order rotates every round) for ``--repeats`` round
 medians, and the ratios are medians of per-round ratios. Time inside the model's forward (hooks on
 the model) is reported too, so "overhead" = wall time outside the forward.
 
-Run: ``python bench/rollout.py`` (about 5 minutes; writes bench/results/rollout.{json,md}).
+Devices and precisions: ``--device`` (``auto``: CUDA when torch sees a GPU) and ``--dtype``
+(``fp32,bf16``; by default bf16 only where it has hardware behind it, a GPU that supports it or a CPU
+with AMX/AVX512-BF16, and the results say why it was skipped otherwise). Each dtype measures the
+three variants in that dtype: bf16 is autocast for all of them (fp32 weights, bf16 matmuls;
+``generate`` and the naive loop under ``torch.autocast``, the sampler with ``autocast_dtype``), so
+ours and the floor compare like with like. Every result records ``hardware_record(device, dtype)``.
+On a GPU the timers wait for the device (``torch.cuda.synchronize``) before reading the clock.
+
+``--model tiny`` runs every code path on a tiny random model in seconds (for checking the script;
+its numbers mean nothing).
+
+Run: ``python bench/rollout.py`` (about 5 minutes; writes bench/results/rollout.{json,md}; on a GPU
+``rollout_cuda.{json,md}`` unless ``--tag`` is given).
 """
 
 from __future__ import annotations
@@ -36,22 +48,26 @@ import numpy as np
 import torch
 
 from _util import (
-    command_line, never_stop, set_threads, long_prompt_indices, machine_info, md_table, median, progress, write_results,
+    command_line, load_policy, long_prompt_indices, machine_info, md_table, median, never_stop, progress,
+    resolve_dtypes, set_threads, sync, write_results,
 )
 
 
 class ForwardClock:
-    """Wall time spent inside ``model.forward`` (pre/post hooks on the top module)."""
+    """Wall time spent inside ``model.forward`` (pre/post hooks on the top module; on a GPU each hook
+    waits for the device first, so the time is the forward's work, not its launch)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.total, self.calls, self._t0 = 0.0, 0, 0.0
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.total, self.calls, self._t0, self.device = 0.0, 0, 0.0, device
         model.register_forward_pre_hook(self._pre)
         model.register_forward_hook(self._post)
 
     def _pre(self, *_):
+        sync(self.device)
         self._t0 = time.perf_counter()
 
     def _post(self, *_):
+        sync(self.device)
         self.total += time.perf_counter() - self._t0
         self.calls += 1
 
@@ -67,41 +83,82 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--naive-steps", default="0,24,47", help="steps t (prefix length P+t) timed for the naive loop")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: see _util.set_threads)")
-    ap.add_argument("--tag", default="", help="suffix of the results files (e.g. _threads2), so other runs are kept")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU), cpu, cuda, cuda:N")
+    ap.add_argument("--dtype", default=None,
+                    help="comma-separated fp32,bf16 (bf16 = autocast); default: both where bf16 has hardware "
+                         "(a GPU that supports it, a CPU with AMX/AVX512-BF16), else fp32")
+    ap.add_argument("--model", default="smollm2", help="smollm2, a local model path, or tiny (checks the code paths)")
+    ap.add_argument("--tag", default=None, help="suffix of the results files (e.g. _threads2), so other runs are kept; "
+                                                "default '' on the CPU, _cuda on a GPU")
+    ap.add_argument("--results-dir", default=None, help="where the results go (default bench/results)")
     ap.add_argument("--profile", action="store_true", help="also print a torch profile of one (b) rollout")
     args = ap.parse_args()
 
-    from tokengym.agents import CachedSampler
-    from tokengym.envs import BatchedTextEnv
-    from tokengym.models import load_causal_lm
-    from tokengym.rewards import resolve_reward
+    from tokengym.hardware import DTYPES, resolve_device
 
     set_threads(args.threads)
+    device = resolve_device(args.device, setting="--device")
+    dtypes, skipped = resolve_dtypes(args.dtype, device)
+    if skipped:
+        progress(skipped)
+    tag = args.tag if args.tag is not None else ("" if device.type == "cpu" else f"_{device.type}")
+    info = machine_info(device)
+    progress(f"loading {args.model} on {device} (torch threads {info['torch_threads']}, load average {info['load_average']})")
+    tok, model = load_policy(args.model)
+    model.to(device)
+    clock = ForwardClock(model, device)
+    per_dtype, md_parts = {}, []
+    for name in dtypes:
+        progress(f"--- dtype {name} ---")
+        data, md = measure(args, tok, model, clock, device, name, DTYPES[name])
+        per_dtype[name], md_parts = data, md_parts + [md]
+    first = per_dtype[dtypes[0]]
+    data = {
+        "command": command_line(), "device": str(device), "dtypes_measured": dtypes, "dtype_skipped": skipped,
+        # The first dtype's numbers stay at the top level, where earlier results had them.
+        **first, "dtypes": per_dtype,
+    }
+    if skipped:
+        md_parts.append(f"* {skipped}.")
+    js, mdp = write_results("rollout" + tag, data, "\n\n".join(md_parts), args.results_dir)
+    print("\n\n".join(md_parts))
+    print(f"\nwrote {js} and {mdp}")
+
+
+def measure(args: argparse.Namespace, tok, model, clock: ForwardClock, device: torch.device, dtype_name: str,
+            dtype: torch.dtype) -> tuple[dict, str]:
+    """The three variants in ``dtype`` (bf16 = autocast): the result record and its Markdown."""
+    from tokengym.agents import CachedSampler
+    from tokengym.agents.rollout import autocast_context
+    from tokengym.envs import BatchedTextEnv
+    from tokengym.rewards import resolve_reward
+
+    autocast_dtype = None if dtype == torch.float32 else dtype
     B, T, P = args.batch, args.new_tokens, args.prompt_tokens
     naive_ts = sorted({min(int(t), T - 1) for t in args.naive_steps.split(",")})
-    info = machine_info()
-    progress(f"loading SmolLM2 (torch threads {info['torch_threads']}, load average {info['load_average']})")
-    tok, model = load_causal_lm()
-    clock = ForwardClock(model)
+    info = machine_info(device, dtype)
     env = BatchedTextEnv(B, tokenizer=tok, reward=lambda p, r: 0.0, max_new_tokens=T, max_prompt_tokens=P,
                          stop_token_ids=never_stop(tok))
     options = {"prompt_indices": long_prompt_indices(env, B, P)}
     obs, _ = env.reset(options=options)
-    prompt_ids = torch.as_tensor(obs["input_ids"][:, :P])
-    prompt_mask = torch.as_tensor(obs["attention_mask"][:, :P])
+    prompt_ids = torch.as_tensor(obs["input_ids"][:, :P], device=device)
+    prompt_mask = torch.as_tensor(obs["attention_mask"][:, :P], device=device)
     assert int(prompt_mask.sum()) == B * P, "every prompt should fill all P columns"
 
     gen_cfg = copy.deepcopy(model.generation_config)
     gen_cfg.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=T, eos_token_id=None,
                    pad_token_id=tok.pad_token_id)
-    sampler = CachedSampler(model, temperature=1.0)
+    sampler = CachedSampler(model, temperature=1.0, autocast_dtype=autocast_dtype)
     V = env.vocab_size
 
     def run_generate(seed: int) -> tuple[float, int, float]:
         torch.manual_seed(seed)
         clock.reset()
+        sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg)
+        with autocast_context(device, autocast_dtype):
+            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg)
+        sync(device)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         new = out[:, P:]
         assert new.shape == (B, T), new.shape
@@ -112,8 +169,10 @@ def main() -> None:
     def run_env(seed: int) -> tuple[float, int, float]:
         clock.reset()
         gen = torch.Generator().manual_seed(seed)
+        sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         batch = sampler.rollout(env, generator=gen, options=options)
+        sync(device)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         last_batch["b"] = batch
         return dt, int(batch.response_mask.sum()), clock.total, cpu
@@ -122,18 +181,21 @@ def main() -> None:
     def naive_step_times(seed: int) -> tuple[dict[int, float], dict[int, float]]:
         """One real naive env step (whole prefix re-fed, sample, env.step) at each t in naive_ts."""
         gen = torch.Generator().manual_seed(seed)
-        filler = last_batch["b"].response_ids.numpy() if "b" in last_batch else np.zeros((B, T), dtype=np.int64)
+        filler = last_batch["b"].response_ids.cpu().numpy() if "b" in last_batch else np.zeros((B, T), dtype=np.int64)
         obs, _ = env.reset(options=options)
         times, cpus = {}, {}
         for t in range(max(naive_ts) + 1):
             if t in naive_ts:
+                sync(device)
                 t0, c0 = time.perf_counter(), time.process_time()
-                ids = torch.as_tensor(obs["input_ids"][:, : P + t])
-                mask = torch.as_tensor(obs["attention_mask"][:, : P + t])
+                ids = torch.as_tensor(obs["input_ids"][:, : P + t], device=device)
+                mask = torch.as_tensor(obs["attention_mask"][:, : P + t], device=device)
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1).logits
+                with autocast_context(device, autocast_dtype):
+                    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1).logits
                 logp = torch.log_softmax(logits[:, -1, :V].float(), -1)
-                action = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+                # Drawn on the CPU with a CPU generator, as the sampler does.
+                action = torch.multinomial(logp.exp().cpu(), 1, generator=gen).squeeze(1)
                 obs, *_ = env.step(action.numpy())
                 times[t], cpus[t] = time.perf_counter() - t0, time.process_time() - c0
             else:  # fast-forward with recorded tokens: only the prefix length matters for the cost
@@ -141,7 +203,8 @@ def main() -> None:
         return times, cpus
 
     progress("warm-up (one short generate, one short rollout)")
-    model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg, max_new_tokens=2)
+    with autocast_context(device, autocast_dtype):
+        model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg, max_new_tokens=2)
     run_env(0)  # also gives recorded tokens for the naive loop's fast-forward
     vader = resolve_reward("vader")
 
@@ -172,7 +235,7 @@ def main() -> None:
                 est_cpu, _ = extrapolate(sc)
                 this["c"] = {"s": est, "cpu_s": est_cpu, "tokens": B * T, "step_s": {int(k): v for k, v in st.items()},
                              "step_cpu_s": {int(k): v for k, v in sc.items()}, "fit": fit}
-            progress(f"round {r + 1}/{args.repeats} {v}: {this[v]['s']:.1f} s{' (extrapolated)' if v == 'c' else ''}")
+            progress(f"[{dtype_name}] round {r + 1}/{args.repeats} {v}: {this[v]['s']:.1f} s{' (extrapolated)' if v == 'c' else ''}")
         for v in variants:
             rows[v].append(this[v])
         ratios_ba.append((this["b"]["tokens"] / this["b"]["s"]) / (this["a"]["tokens"] / this["a"]["s"]))
@@ -210,12 +273,12 @@ def main() -> None:
         table.append([names[v], n, s, n / s, cpu, n / cpu, fwd, (s - fwd) if v != "c" else float("nan"),
                       1000 * (s - fwd) / T if v != "c" else float("nan")])
     ba, ac, cba, cac = median(ratios_ba), median(ratios_ac), median(cpu_ba), median(cpu_ac)
-    end_info = machine_info()
+    end_info = machine_info(device, dtype)
     data = {
         "command": command_line(), "settings": {"batch": B, "new_tokens": T, "prompt_tokens": P, "repeats": args.repeats,
-                                                "naive_steps": naive_ts, "dtype": "float32", "temperature": 1.0,
-                                                "threads": args.threads},
-        "machine_start": info, "machine_end": end_info, "variants": summary,
+                                                "naive_steps": naive_ts, "dtype": dtype_name, "device": str(device),
+                                                "model": args.model, "temperature": 1.0, "threads": args.threads},
+        "hardware": info, "machine_start": info, "machine_end": end_info, "variants": summary,
         "ratio_b_over_a": ba, "ratio_a_over_c": ac, "ratios_b_over_a_rounds": ratios_ba, "ratios_a_over_c_rounds": ratios_ac,
         "cpu_ratio_b_over_a": cba, "cpu_ratio_a_over_c": cac, "cpu_ratios_b_over_a_rounds": cpu_ba,
         "cpu_ratios_a_over_c_rounds": cpu_ac,
@@ -223,8 +286,10 @@ def main() -> None:
         "vader_s_median": median(vader_s), "vader_share_of_b": median(vader_s) / summary["b"]["median_s"],
     }
     fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    where = f"{device}" + (f", {info['gpu']}" if device.type == "cuda" and "gpu" in info else "")
+    precision = dtype_name + (" autocast (fp32 weights)" if autocast_dtype is not None else "")
     md = [
-        f"### Rollout throughput (SmolLM2-135M fp32, batch {B}, {P}-token prompts, {T} new tokens, EOS off)",
+        f"### Rollout throughput ({args.model} {precision} on {where}, batch {B}, {P}-token prompts, {T} new tokens, EOS off)",
         "",
         md_table(["variant", "tokens", "median wall s", "tokens/s (wall)", "median CPU s", "tokens/CPU-s",
                   "wall s in forward", "wall s outside forward", "outside forward ms/step"], table),
@@ -240,13 +305,11 @@ def main() -> None:
         f"* {args.repeats} interleaved rounds (order rotated), medians; {info['cpus']} CPUs, torch {info['torch']} with "
         f"{info['torch_threads']} thread(s); load average {info['load_average'][0]:.1f} at start, "
         f"{end_info['load_average'][0]:.1f} at end. Wall times move with any other load on the machine; "
-        + ("CPU time (one torch thread, so CPU time = work done) is the steadier measure." if info["torch_threads"] == 1 else
-         "CPU time counts every thread; wall time is the measure with more than one."),
+        + ("CPU time (one torch thread, so CPU time = work done) is the steadier measure." if info["torch_threads"] == 1 and device.type == "cpu" else
+         "CPU time counts every thread (and, on a GPU, only the host's share); wall time is the measure here."),
         f"* Command: `{data['command']}` ({end_info['date']})",
     ]
-    js, mdp = write_results("rollout" + args.tag, data, "\n".join(md))
-    print("\n".join(md))
-    print(f"\nwrote {js} and {mdp}")
+    return data, "\n".join(md)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,14 @@ updates the model it is given in place.
 
 from __future__ import annotations
 
+import os
+
+# "auto" means the CPU in fp32 for the suite, on any machine: many tests check fp32 exactness
+# (ratios of exactly 1, bit-exact resumes). A GPU machine can still run tests on CUDA by setting
+# TOKENGYM_DEVICE=cuda (bench/gpu_check.sh does, for the device tests).
+os.environ.setdefault("TOKENGYM_DEVICE", "cpu")
+os.environ.setdefault("TOKENGYM_DTYPE", "fp32")
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM

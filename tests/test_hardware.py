@@ -10,10 +10,16 @@ import torch
 from tokengym import hardware
 
 
+@pytest.fixture(autouse=True)
+def unpinned(monkeypatch):
+    """These tests are about what "auto" resolves to, so the suite's pins are lifted."""
+    for name in ("TOKENGYM_DEVICE", "TOKENGYM_DTYPE", "TOKENGYM_NO_BF16"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENGYM_CACHE", str(tmp_path))
-    monkeypatch.delenv("TOKENGYM_NO_BF16", raising=False)
     return tmp_path / "hardware.json"
 
 
@@ -95,3 +101,14 @@ def test_cuda_auto_dtype_follows_bf16_support(monkeypatch):
 
 def test_micro_benchmark_runs():
     assert hardware.measure_bf16_speedup(size=64, repeats=1) > 0
+
+
+def test_the_suite_pins_auto_to_cpu_fp32(monkeypatch):
+    monkeypatch.setenv("TOKENGYM_DEVICE", "cpu")
+    monkeypatch.setenv("TOKENGYM_DTYPE", "fp32")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert hardware.resolve_device("auto") == torch.device("cpu")
+    assert hardware.resolve_dtype("auto", "cuda") == torch.float32
+    monkeypatch.setenv("TOKENGYM_DTYPE", "fp16")
+    with pytest.raises(hardware.DeviceError, match="TOKENGYM_DTYPE"):
+        hardware.resolve_dtype("auto", "cpu")

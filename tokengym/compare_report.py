@@ -47,9 +47,9 @@ def _algos(data: dict[str, Any]) -> list[str]:
     return algos + sorted({r["algo"] for r in data["runs"]} - set(algos))
 
 
-def _heldout(run: dict[str, Any], initial: dict[str, Any]) -> list[dict[str, Any]]:
+def _heldout(run: dict[str, Any], initial: dict[str, Any] | None) -> list[dict[str, Any]]:
     """A run's held-out points in training order: the initial policy, the checkpoints, the final policy."""
-    return [initial, *run.get("checkpoints", []), run["final"]]
+    return [*([initial] if initial else []), *run.get("checkpoints", []), run["final"]]
 
 
 def markdown_table(data: dict[str, Any]) -> str:
@@ -81,10 +81,10 @@ def frontier_table(data: dict[str, Any], levels: list[float]) -> str:
     init = data.get("initial")
     bon = data.get("best_of_n") or []
     if bon:
-        cells = [score_at_kl([p["kl"] for p in bon], [p["gold_score"] for p in bon], k) for k in levels]
-        rows.append("| best-of-n | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
+        bon_cells = [score_at_kl([p["kl"] for p in bon], [p["gold_score"] for p in bon], k) for k in levels]
+        rows.append("| best-of-n | " + " | ".join("–" if c is None else f"{c:.3f}" for c in bon_cells) + " |")
     for algo in _algos(data):
-        cells = []
+        cells: list[str] = []
         for k in levels:
             vals = []
             for r in (r for r in data["runs"] if r["algo"] == algo):
@@ -163,7 +163,7 @@ def plot_curves(data: dict[str, Any], path: Path) -> None:
     ax = axes[1, 2]
     init = data.get("initial")
     for algo in _algos(data):
-        pts = [p for r in data["runs"] if r["algo"] == algo for p in _heldout(r, init)[1:]]
+        pts = [p for r in data["runs"] if r["algo"] == algo for p in _heldout(r, init)[1 if init else 0:]]
         ax.plot(np.sqrt(np.clip([p["kl_to_reference"] for p in pts], 0, None)), [p["gold_score"] for p in pts], "o",
                 alpha=0.6, label=algo)
     bon = data.get("best_of_n") or []

@@ -9,7 +9,9 @@ never guesses from the name:
   (a bf16 vs fp32 matmul, ~0.5 s) shows bf16 at least 1.3x faster. The verdict is cached per
   machine (CPU model, flags, torch version) in ``cache_dir()/hardware.json``.
 
-``device="auto"`` is CUDA when ``torch.cuda.is_available()``, else CPU. A device asked for by name is
+``device="auto"`` is CUDA when ``torch.cuda.is_available()``, else CPU. ``TOKENGYM_DEVICE`` and
+``TOKENGYM_DTYPE`` pin what ``"auto"`` means (the test suite pins CPU and fp32, so that its exactness
+checks hold on a GPU machine too; the device tests ask for the GPU explicitly). A device asked for by name is
 used or refused with one clear line: a user who asked for a GPU never silently gets the CPU.
 
 bf16 here means *autocast*: the weights and the optimiser stay fp32 (master weights), the matmuls
@@ -125,6 +127,9 @@ def resolve_device(spec: DeviceSpec | torch.device = "auto", setting: str = "dev
     if not isinstance(spec, str) or not spec:
         raise DeviceError(f"{setting} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
     if spec == "auto":
+        pinned = os.environ.get("TOKENGYM_DEVICE")  # the test suite pins "auto" to the CPU (tests/conftest.py)
+        if pinned and pinned != "auto":
+            return resolve_device(pinned, setting=f"{setting} (TOKENGYM_DEVICE)")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
@@ -147,6 +152,11 @@ def resolve_dtype(spec: DtypeSpec | str = "auto", device: torch.device | str = "
     if spec not in ("auto", *DTYPES):
         raise DeviceError(f"{setting} must be 'auto', 'fp32' or 'bf16', got {spec!r}")
     device = torch.device(device)
+    pinned = os.environ.get("TOKENGYM_DTYPE")  # the test suite pins "auto" to fp32 (tests/conftest.py)
+    if spec == "auto" and pinned and pinned != "auto":
+        spec = pinned
+        if spec not in DTYPES:
+            raise DeviceError(f"TOKENGYM_DTYPE must be 'fp32' or 'bf16', got {spec!r}")
     if spec != "auto":
         return DTYPES[spec]
     if device.type == "cuda":

@@ -43,16 +43,16 @@ def _dlogd(d: np.ndarray) -> np.ndarray:
     return np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0)  # d log d -> 0 as d -> 0
 
 
-def fit_rl(d: Sequence[float], gain: Sequence[float]) -> tuple[float, float]:
+def fit_rl(d: Sequence[float] | np.ndarray, gain: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """(a, b) of ``R(d) = d (a - b log d)`` by least squares; ``gain`` is gold(d) - gold(0)."""
-    d, r = np.asarray(d, float), np.asarray(gain, float)
-    return _lstsq([d, -_dlogd(d)], r)
+    x, r = np.asarray(d, float), np.asarray(gain, float)
+    return _lstsq([x, -_dlogd(x)], r)
 
 
-def fit_bon(d: Sequence[float], gain: Sequence[float]) -> tuple[float, float]:
+def fit_bon(d: Sequence[float] | np.ndarray, gain: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """(a, b) of ``R(d) = d (a - b d)`` by least squares."""
-    d, r = np.asarray(d, float), np.asarray(gain, float)
-    return _lstsq([d, -(d**2)], r)
+    x, r = np.asarray(d, float), np.asarray(gain, float)
+    return _lstsq([x, -(x**2)], r)
 
 
 def rl_form(d: np.ndarray, a: float, b: float) -> np.ndarray:

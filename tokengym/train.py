@@ -41,7 +41,7 @@ class TrainConfig:
     max_new_tokens: int | None = None
     max_prompt_tokens: int | None = None
     chat_template: Any = None
-    iterations: int = 12
+    iterations: int = 10  # 10 x 16 episodes x 24 tokens: the KL budget is reached, not exceeded
     eval_episodes: int = 64
     # Evaluate on the held-out prompts every K iterations as well (0 = only before and after): the
     # points of ``heldout.jsonl`` and the over-optimisation plot (gold and proxy against sqrt(KL)).
@@ -183,6 +183,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     from tokengym import distributed as dist
     from tokengym.agents import PPOAgent
     from tokengym.agents.evaluation import evaluate_policy
+    from tokengym.hardware import hardware_record
     from tokengym.models import load_causal_lm
     from tokengym.utils import atomic_write_text, recover_directory, set_cpu_threads
 
@@ -205,6 +206,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
         log(f"resumed from {ckpt} at iteration {agent.iteration}")
 
     def evaluate() -> tuple[dict[str, float], list[dict[str, Any]]]:
+        # On the agent's device, in fp32 (no autocast) even when training runs bf16: evaluate_policy says why.
         ref_fn = lambda ids, attn, P: agent.ac.reference_logprobs(ids, attn, P, ppo_cfg.temperature)  # noqa: E731
         return evaluate_policy(agent.ac.policy, ref_fn, test_env, cfg.eval_episodes, seed=ppo_cfg.seed,
                                temperature=ppo_cfg.temperature)
@@ -241,8 +243,10 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     overopt_plot = plot_overoptimisation(agent.logger.rows, out / "overoptimisation.png", heldout=heldout)
     wall = time.time() - t0
     report = json.loads(report_path.read_text())
+    # The device and precision the agent resolved ppo.device / ppo.dtype ("auto") to, with the machine.
     report.update({"after": after, "after_samples": after_samples[:8], "wall_time_s": wall,
-                   "iterations": agent.iteration, "torch_threads": torch.get_num_threads()})
+                   "iterations": agent.iteration, "torch_threads": torch.get_num_threads(),
+                   "hardware": hardware_record(agent.device, agent.dtype)})
     atomic_write_text(report_path, json.dumps(report, indent=1))
     report["curves"] = str(plot)
     report["overoptimisation_plot"] = str(overopt_plot) if overopt_plot else None
