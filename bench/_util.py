@@ -89,6 +89,18 @@ def cpu_info() -> dict[str, Any]:
     return info()
 
 
+def add_hardware_args(ap: Any) -> None:
+    """The device, precision, model and output flags every speed script takes."""
+    ap.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU), cpu, cuda, cuda:N")
+    ap.add_argument("--dtype", default=None,
+                    help="comma-separated fp32,bf16 (bf16 = autocast); default: both where bf16 has hardware "
+                         "(a GPU that supports it, a CPU with AMX/AVX512-BF16), else fp32")
+    ap.add_argument("--model", default="smollm2", help="smollm2, a local model path, or tiny (checks the code paths)")
+    ap.add_argument("--tag", default=None, help="suffix of the results files (e.g. _threads2), so other runs are kept; "
+                                                "default '' on the CPU, _cuda on a GPU")
+    ap.add_argument("--results-dir", default=None, help="where the results go (default bench/results)")
+
+
 def set_threads(n: int) -> int:
     """Use ``n`` torch threads here and in child processes (``OMP_NUM_THREADS``).
 

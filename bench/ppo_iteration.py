@@ -57,6 +57,7 @@ import time
 from pathlib import Path
 
 from _util import (
+    add_hardware_args,
     RESULTS, Timer, command_line, load_policy, long_prompt_indices, machine_info, matmul_peak_gflops, md_table, median,
     memory_bandwidth_gbs, never_stop, peak_rss_mb, progress, resolve_dtypes, set_threads, write_results,
 )
@@ -352,14 +353,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--minibatch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU), cpu, cuda, cuda:N")
-    ap.add_argument("--dtype", default=None,
-                    help="comma-separated fp32,bf16 (bf16 = autocast); default: both where bf16 has hardware "
-                         "(a GPU that supports it, a CPU with AMX/AVX512-BF16), else fp32")
-    ap.add_argument("--model", default="smollm2", help="smollm2, a local model path, or tiny (checks the code paths)")
-    ap.add_argument("--tag", default=None, help="suffix of the results files (e.g. _threads2), so other runs are kept; "
-                                                "default '' on the CPU, _cuda on a GPU")
-    ap.add_argument("--results-dir", default=None, help="where the results go (default bench/results)")
+    add_hardware_args(ap)
     ap.add_argument("--recompute-old", type=int, default=0, help="1: PPOConfig.recompute_old_logprobs (a separate old forward)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--rm", help=argparse.SUPPRESS)

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from _util import (
+    add_hardware_args,
     command_line, load_policy, long_prompt_indices, machine_info, md_table, median, never_stop, progress,
     resolve_dtypes, set_threads, sync, write_results,
 )
@@ -83,14 +84,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--naive-steps", default="0,24,47", help="steps t (prefix length P+t) timed for the naive loop")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: see _util.set_threads)")
-    ap.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU), cpu, cuda, cuda:N")
-    ap.add_argument("--dtype", default=None,
-                    help="comma-separated fp32,bf16 (bf16 = autocast); default: both where bf16 has hardware "
-                         "(a GPU that supports it, a CPU with AMX/AVX512-BF16), else fp32")
-    ap.add_argument("--model", default="smollm2", help="smollm2, a local model path, or tiny (checks the code paths)")
-    ap.add_argument("--tag", default=None, help="suffix of the results files (e.g. _threads2), so other runs are kept; "
-                                                "default '' on the CPU, _cuda on a GPU")
-    ap.add_argument("--results-dir", default=None, help="where the results go (default bench/results)")
+    add_hardware_args(ap)
     ap.add_argument("--profile", action="store_true", help="also print a torch profile of one (b) rollout")
     args = ap.parse_args()
 

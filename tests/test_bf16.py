@@ -139,21 +139,10 @@ def test_bf16_is_close_to_fp32_on_the_same_seed(toy_tok, make_toy_lm, lora_r):
 def test_train_run_in_bf16_records_it_and_evaluates_in_fp32(tmp_path):
     """``tokengym train --set ppo.dtype=bf16`` on a tiny model: the report names bf16, the before/after
     evaluation is finite (it runs fp32, on the agent's device)."""
-    from tokengym.models import make_tiny_causal_lm
-    from tokengym.testing import make_toy_tokenizer
+    from tokengym.testing import tiny_train_config
     from tokengym.train import make_train_config, run
 
-    tok, lm = make_tiny_causal_lm(make_toy_tokenizer(), hidden=16, n_layers=1, n_heads=2)
-    lm.save_pretrained(tmp_path / "policy")
-    tok.save_pretrained(tmp_path / "policy")
-    (tmp_path / "p.txt").write_text("\n".join(TOY_PROMPTS) + "\n")
-    cfg = make_train_config({
-        "env": "tokengym/TextGeneration-v0", "model": str(tmp_path / "policy"), "reward": "length",
-        "prompts": str(tmp_path / "p.txt"), "max_new_tokens": 2, "max_prompt_tokens": 4, "eval_episodes": 2,
-        "threads": 1, "iterations": 1, "output_dir": str(tmp_path / "run"),
-        "ppo": {"batch_size": 2, "minibatch_size": 2, "micro_batch_size": 2, "ppo_epochs": 1, "checkpoint_every": 0,
-                "sample_every": 0, "device": "cpu", "dtype": "bf16"},
-    })
+    cfg = make_train_config(tiny_train_config(tmp_path, ppo={"device": "cpu", "dtype": "bf16"}))
     run(cfg, progress=False, log=lambda *_: None)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["hardware"]["dtype"] == "bf16" and report["hardware"]["device"] == "cpu"

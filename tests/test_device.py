@@ -124,21 +124,10 @@ def test_train_config_takes_ppo_device_and_dtype_and_refuses_a_missing_gpu(monke
 
 
 def test_train_report_records_the_resolved_device_and_dtype(tmp_path):
-    from tokengym.models import make_tiny_causal_lm
-    from tokengym.testing import make_toy_tokenizer
+    from tokengym.testing import tiny_train_config
     from tokengym.train import make_train_config, run
 
-    tok, lm = make_tiny_causal_lm(make_toy_tokenizer(), hidden=16, n_layers=1, n_heads=2)
-    lm.save_pretrained(tmp_path / "policy")
-    tok.save_pretrained(tmp_path / "policy")
-    (tmp_path / "p.txt").write_text("\n".join(TOY_PROMPTS) + "\n")
-    cfg = make_train_config({
-        "env": "tokengym/TextGeneration-v0", "model": str(tmp_path / "policy"), "reward": "length",
-        "prompts": str(tmp_path / "p.txt"), "max_new_tokens": 2, "max_prompt_tokens": 4, "eval_episodes": 2,
-        "threads": 1, "iterations": 1, "output_dir": str(tmp_path / "run"),
-        "ppo": {"batch_size": 2, "minibatch_size": 2, "micro_batch_size": 2, "ppo_epochs": 1, "checkpoint_every": 0,
-                "sample_every": 0, "device": "cpu", "dtype": "fp32"},
-    })
+    cfg = make_train_config(tiny_train_config(tmp_path, ppo={"device": "cpu", "dtype": "fp32"}))
     run(cfg, progress=False, log=lambda *_: None)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["hardware"]["device"] == "cpu" and report["hardware"]["dtype"] == "fp32"

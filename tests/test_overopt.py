@@ -13,8 +13,19 @@ import pytest
 
 from tokengym import overopt
 from tokengym.cli import main
-from tokengym.models import make_tiny_causal_lm
-from tokengym.testing import TOY_PROMPTS, make_toy_tokenizer
+import yaml
+
+from tokengym.testing import tiny_train_config
+
+
+def write_config(folder: Path, **overrides) -> None:
+    """``folder/c.yaml``: the toy task with a tiny saved model, 4 episodes a batch, 3 new tokens."""
+    data = tiny_train_config(folder, max_new_tokens=3, eval_episodes=4, **overrides,
+                             ppo={"batch_size": 4, "minibatch_size": 4, "micro_batch_size": 4, "lora_r": 0,
+                                  "learning_rate": 1e-3})
+    for key in ("iterations", "output_dir"):  # the commands' flags say these
+        data.pop(key)
+    (folder / "c.yaml").write_text(yaml.safe_dump(data))
 
 
 @pytest.mark.parametrize(("a", "b"), [(0.8, 0.3), (0.5, 0.05), (1.2, 0.9)])
@@ -62,15 +73,7 @@ def test_best_of_n_expectation_is_exact_over_all_subsets():
 
 
 def test_overopt_command_writes_its_study(tmp_path: Path, capsys):
-    tok, lm = make_tiny_causal_lm(make_toy_tokenizer(), hidden=16, n_layers=1, n_heads=2)
-    lm.save_pretrained(tmp_path / "policy")
-    tok.save_pretrained(tmp_path / "policy")
-    (tmp_path / "p.txt").write_text("\n".join(TOY_PROMPTS) + "\n")
-    (tmp_path / "c.yaml").write_text(
-        f"env: tokengym/TextGeneration-v0\nmodel: {tmp_path / 'policy'}\nreward: length\ngold_reward: eos\n"
-        f"prompts: {tmp_path / 'p.txt'}\nmax_new_tokens: 3\nmax_prompt_tokens: 4\neval_episodes: 4\nthreads: 1\n"
-        "ppo: {batch_size: 4, minibatch_size: 4, micro_batch_size: 4, ppo_epochs: 1, lora_r: 0, learning_rate: 1e-3, "
-        "checkpoint_every: 0, sample_every: 0}\n")
+    write_config(tmp_path, gold_reward="eos")
     out = tmp_path / "study"
     code = main(["overopt", "--config", str(tmp_path / "c.yaml"), "--iterations", "4", "--eval-every", "2",
                  "--samples-per-prompt", "4", "--output-dir", str(out), "--no-progress"])
@@ -96,15 +99,7 @@ def test_overopt_refuses_bad_flags_before_work(tmp_path: Path, capsys):
 
 def test_held_out_evaluations_do_not_change_the_training_run(tmp_path: Path):
     """eval_every samples with its own generator on the test env: the training numbers are the same."""
-    tok, lm = make_tiny_causal_lm(make_toy_tokenizer(), hidden=16, n_layers=1, n_heads=2)
-    lm.save_pretrained(tmp_path / "policy")
-    tok.save_pretrained(tmp_path / "policy")
-    (tmp_path / "p.txt").write_text("\n".join(TOY_PROMPTS) + "\n")
-    (tmp_path / "c.yaml").write_text(
-        f"env: tokengym/TextGeneration-v0\nmodel: {tmp_path / 'policy'}\nreward: length\n"
-        f"prompts: {tmp_path / 'p.txt'}\nmax_new_tokens: 3\nmax_prompt_tokens: 4\neval_episodes: 4\nthreads: 1\n"
-        "ppo: {batch_size: 4, minibatch_size: 4, micro_batch_size: 4, ppo_epochs: 1, lora_r: 0, learning_rate: 1e-3, "
-        "checkpoint_every: 0, sample_every: 0}\n")
+    write_config(tmp_path)
     rows = {}
     for every in (0, 1):
         out = tmp_path / f"run{every}"

@@ -34,3 +34,26 @@ TOY_PROMPTS = [
     "the movie was", "i liked the", "the plot is", "a film and", "the actor was", "the story is",
     "the ending was", "it was a", "the music is", "the scene was", "a long film", "the start was",
 ]
+
+
+def tiny_train_config(folder, **overrides) -> dict:
+    """A ``make_train_config`` mapping for a seconds-long ``tokengym train`` run on the toy task.
+
+    Saves a tiny Llama with the toy tokenizer to ``folder/policy`` and the toy prompts to
+    ``folder/p.txt``; the run writes ``folder/run`` (``output_dir``). Top-level keys in ``overrides``
+    replace the defaults, and ``ppo=`` is merged into the small PPO section.
+    """
+    from pathlib import Path
+
+    from tokengym.models import make_tiny_causal_lm
+
+    folder = Path(folder)
+    tok, lm = make_tiny_causal_lm(make_toy_tokenizer(), hidden=16, n_layers=1, n_heads=2)
+    lm.save_pretrained(folder / "policy")
+    tok.save_pretrained(folder / "policy")
+    (folder / "p.txt").write_text("\n".join(TOY_PROMPTS) + "\n")
+    ppo = {"batch_size": 2, "minibatch_size": 2, "micro_batch_size": 2, "ppo_epochs": 1, "checkpoint_every": 0,
+           "sample_every": 0, **overrides.pop("ppo", {})}
+    return {"env": "tokengym/TextGeneration-v0", "model": str(folder / "policy"), "reward": "length",
+            "prompts": str(folder / "p.txt"), "max_new_tokens": 2, "max_prompt_tokens": 4, "eval_episodes": 2,
+            "threads": 1, "iterations": 1, "output_dir": str(folder / "run"), **overrides, "ppo": ppo}
