@@ -11,6 +11,9 @@ outputs, and distillation from a teacher model.
 
 The mixins go in front of any agent class: ``with_aids(GRPOAgent, AugmentationMixin)(env, model,
 cfg, augmenter=OutputAugmenter())`` or ``class MyAgent(DistillationMixin, PPOAgent): ...``.
+
+At ~410 lines this module holds three independent aids (curriculum, output augmentation,
+distillation) that share only the mixin protocol; each is short on its own.
 """
 
 from __future__ import annotations
