@@ -98,7 +98,7 @@ def test_agent_raises_the_toy_reward(toy_tok, algo):
     agent = agent_cls(toy_env(toy_tok), toy_model(toy_tok), cfg_for(config_cls))
     rows = learn_until(agent, LEARN_CAP[algo])
     assert_learned(rows, LEARN_CAP[algo])
-    assert rows[0]["first_ratio"] == pytest.approx(1.0, abs=1e-5)  # [c6-7] one forward, same temperature
+    assert rows[0]["first_ratio"] == pytest.approx(1.0, abs=1e-5)  # one forward, same temperature: the ratio starts at 1
     for k in ("score", "kl", "pg_loss", "entropy", "approx_kl", "tokens_per_s"):
         assert math.isfinite(rows[-1][k]), k
 
