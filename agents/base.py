@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from tokengym import distributed as dist
 from tokengym.envs import BatchedTextEnv
+from tokengym.rewards.postprocess import RunningMoments
 from tokengym.hardware import resolve_device, resolve_dtype
 from tokengym.utils import seed_everything
 
@@ -265,18 +266,16 @@ class OnPolicyAgent(UpdateLoop, ABC):
         if self.config.missing_eos_penalty is not None:  # a response that never stopped pays the penalty
             scores = torch.where(batch.stopped, scores, scores - self.config.missing_eos_penalty)
         if self.config.score_scaling:  # divide by the running std of the scores, mean kept
-            n, mean, m2 = self.score_moments
+            # The reward wrappers' running moments (tokengym.rewards.postprocess), kept as a JSON-able
+            # [count, mean, m2] list in the checkpoints.
+            moments = RunningMoments(self.score_moments)
             # Only sampled rollouts feed the moments: augmented episodes (agents.aids) are edits of the
             # best outputs, and their scores would shift the statistics towards high scores.
             if not getattr(batch, "augmented", False):
                 # Every rank's scores, so that all ranks of a torchrun run scale by the same moments.
-                for s in dist.all_gather_cat(scores).tolist():
-                    n += 1
-                    d = s - mean
-                    mean += d / n
-                    m2 += d * (s - mean)
-                self.score_moments = [n, mean, m2]
-            std = math.sqrt(m2 / n) if n > 1 else 1.0
+                moments.update(dist.all_gather_cat(scores).double().cpu().numpy())
+                self.score_moments = moments.state
+            std = math.sqrt(moments.var) if moments.count > 1 else 1.0
             scores = scores / max(std, 1e-8)
         if self.config.score_clip is not None:
             scores = scores.clamp(-self.config.score_clip, self.config.score_clip)

@@ -88,6 +88,10 @@ def test_results_of_other_settings_are_refused_not_mixed(tmp_path):
     with pytest.raises(FileExistsError, match="not a tokengym bench result"):
         bench.run(parse(["--algos", "reinforce", *COMMON, "--name", "mine", "--out", str(tmp_path)]))
     assert (tmp_path / "mine.json").read_text() == '{"my": "data"}'
+    (tmp_path / "notes.md").write_text("my notes")
+    with pytest.raises(FileExistsError, match="notes.md .* not from a tokengym bench"):
+        bench.run(parse(["--algos", "reinforce", *COMMON, "--name", "notes", "--out", str(tmp_path)]))
+    assert (tmp_path / "notes.md").read_text() == "my notes"
 
 
 def test_bench_rejects_bad_flags(tmp_path):

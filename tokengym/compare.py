@@ -322,6 +322,12 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # The .md and .png are rewritten after every run: without our .json beside them they may be a user's.
+    strays = [p.name for p in (out / f"{args.name}.md", out / f"{args.name}.png")
+              if p.exists() and not (out / f"{args.name}.json").is_file()]
+    if strays:
+        raise FileExistsError(f"--name: {', '.join(strays)} in {out} are not from a tokengym bench (no "
+                              f"{args.name}.json beside them); choose another --name or --out")
     data = load_results(out / f"{args.name}.json", settings_of(args))
     data["commands"].append(command or "tokengym bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]))
     from tokengym.hardware import hardware_record
