@@ -206,15 +206,20 @@ def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: arg
             "curve": cb.curve}
 
 
-def evaluate(policy: Any, reference: Any, tok: Any, kwargs: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
-    """One sampled response per held-out prompt, measured by the one evaluator
-    (:func:`tokengym.agents.evaluation.evaluate_policy`, so the names are ``tokengym train``'s), plus
-    three samples."""
-    from tokengym.agents.evaluation import evaluate_policy, reference_logprob_fn
+def heldout_env(tok: Any, kwargs: dict[str, Any], n: int) -> Any:
+    """The test-split env every evaluation of a benchmark uses (built once: it loads the reward model)."""
     from tokengym.envs import BatchedTextEnv
 
     split = "test" if has_test_split(kwargs.get("prompts", "movie_reviews")) else None
-    env = BatchedTextEnv(num_envs=min(n, 16), tokenizer=tok, split=split, **kwargs)
+    return BatchedTextEnv(num_envs=min(n, 16), tokenizer=tok, split=split, **kwargs)
+
+
+def evaluate(policy: Any, reference: Any, env: Any, n: int, seed: int) -> dict[str, Any]:
+    """One sampled response to each of the first ``n`` held-out prompts of ``env``, measured by the one
+    evaluator (:func:`tokengym.agents.evaluation.evaluate_policy`, so the names are ``tokengym train``'s),
+    plus three samples."""
+    from tokengym.agents.evaluation import evaluate_policy, reference_logprob_fn
+
     policy.eval()
     ref_fn = reference_logprob_fn(reference, env.vocab_size, pad_id=env.pad_token_id)
     metrics, samples = evaluate_policy(policy, ref_fn, env, n, seed=seed)
@@ -339,8 +344,10 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
         kwargs["max_new_tokens"] = args.max_new_tokens
     reference = copy.deepcopy(base_model).eval().requires_grad_(False)
 
+    test_env = heldout_env(tok, kwargs, args.eval_prompts)
+
     def held_out(policy: Any) -> dict[str, Any]:
-        return evaluate(policy, reference, tok, kwargs, args.eval_prompts, 12345)
+        return evaluate(policy, reference, test_env, args.eval_prompts, 12345)
 
     if data["initial"] is None:
         data["initial"] = held_out(base_model)
