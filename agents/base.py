@@ -65,6 +65,7 @@ from .config import OnPolicyConfig
 from .kl import AdaptiveKLController, FixedKLController, kl_penalised_rewards, kl_per_token
 from .logger import MetricsLogger
 from .policy import ActorCritic, response_forward, token_logprobs
+from .precision import use_fp32_attention
 from .rollout import CachedSampler, RolloutBatch
 from .update import NonFiniteError, UpdateLoop
 
@@ -124,6 +125,8 @@ class OnPolicyAgent(UpdateLoop, ABC):
                 f"mismatched tokenizers: the model has {model.get_input_embeddings().num_embeddings} embeddings "
                 f"but the env's vocabulary has {env.vocab_size} tokens"
             )
+        if self.autocast_dtype is not None and self.device.type == "cpu":
+            use_fp32_attention(model)  # CPU bf16 attention kernels are slower than fp32 ones (agents.precision)
         lora = None
         if self.config.lora_r > 0:
             from peft import LoraConfig
@@ -346,7 +349,8 @@ class OnPolicyAgent(UpdateLoop, ABC):
         P = exp.batch.prompt_ids.shape[1]
         ids, attn, m = exp.batch.input_ids[idx], exp.batch.attention_mask[idx], exp.batch.response_mask[idx]
         logits, hidden = response_forward(self.ac.policy, ids, attn, P, self.config.temperature, want_hidden=True,
-                                          autocast_dtype=self.autocast_dtype)
+                                          autocast_dtype=self.autocast_dtype,
+                                          weights=self.ac.frozen_weights(self.ac.policy, self.autocast_dtype))
         # The entropy joins the graph only when the loss uses it (ent_coef != 0). Else it is only logged,
         # and the sampler's (the rollout policy's) is logged: computing it here costs a full-vocabulary
         # pass per micro-batch and epoch (~4 % of a SmolLM2 update) for a number nothing optimises.

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from .precision import precast_linear_weights, run_on
 from .rollout import autocast_context, entropy_from_logprobs, mask_pad_logits, position_ids_from_mask
 
 
@@ -64,6 +65,7 @@ def response_forward(
     temperature: float,
     want_hidden: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits that predict each response token, and optionally the hidden states there.
 
@@ -74,12 +76,15 @@ def response_forward(
     the first ratio is 1), and hidden (B, T, H) or None.
 
     ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the model's forward, and only it, under
-    ``torch.autocast``; the cast to fp32 and the temperature come after it.
+    ``torch.autocast``; the cast to fp32 and the temperature come after it. ``weights`` (from
+    :meth:`ActorCritic.frozen_weights`) replaces those parameters for this forward: pre-cast copies
+    of frozen weights, which autocast would otherwise cast again in every forward.
     """
     T = input_ids.shape[1] - prompt_len
     keep = torch.arange(prompt_len - 1, prompt_len + T - 1, device=input_ids.device)
     with autocast_context(input_ids.device, autocast_dtype):
-        out = model(
+        out = run_on(
+            model, weights or {},
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
             logits_to_keep=keep, output_hidden_states=want_hidden, use_cache=False,
         )
@@ -146,6 +151,7 @@ class ActorCritic(nn.Module):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size(model))
         self._reference_fingerprint: str | None = None
+        self._frozen_casts: dict[tuple, dict[str, torch.Tensor]] = {}
         self.policy.eval()  # dropout off for policy, reference and value: a random mask makes the ratio noise
 
     @property
@@ -155,6 +161,20 @@ class ActorCritic(nn.Module):
     def reference_context(self) -> ContextManager:
         return self.policy.disable_adapter() if self.uses_lora else nullcontext()
 
+    def frozen_weights(self, model: nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor] | None:
+        """``dtype`` copies of ``model``'s frozen Linear weights (LoRA's base, or the frozen reference
+        copy), made once and kept: frozen weights never change, and autocast would cast them again in
+        every forward (it caches only the casts of weights that take gradients). None in fp32."""
+        if dtype is None:
+            return None
+        key = (id(model), dtype, next(model.parameters()).device)
+        if key not in self._frozen_casts:
+            # Normal tensors even when first asked for under inference mode: the training forward uses them.
+            with torch.inference_mode(False), torch.no_grad():
+                self._frozen_casts[key] = {name: t for name, t in precast_linear_weights(model, dtype).items()
+                                           if not model.get_parameter(name).requires_grad}
+        return self._frozen_casts[key]
+
     def evaluate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float,
         with_entropy: bool | None = True, autocast_dtype: torch.dtype | None = None,
@@ -162,7 +182,8 @@ class ActorCritic(nn.Module):
         """Policy log-probs, entropies (see :func:`token_logprobs`) and values of the response tokens, (B, T)
         fp32; ``autocast_dtype`` runs the forward under autocast (see :func:`response_forward`)."""
         logits, hidden = response_forward(self.policy, input_ids, attention_mask, prompt_len, temperature, True,
-                                          autocast_dtype=autocast_dtype)
+                                          autocast_dtype=autocast_dtype,
+                                          weights=self.frozen_weights(self.policy, autocast_dtype))
         logp, entropy = token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=with_entropy, pad_id=self.pad_token_id)
         return logp, entropy, self.value_head(hidden)
 
@@ -176,7 +197,7 @@ class ActorCritic(nn.Module):
         model = self.policy if self.uses_lora else self.reference
         with self.reference_context():
             logits, _ = response_forward(model, input_ids, attention_mask, prompt_len, temperature,
-                                         autocast_dtype=autocast_dtype)
+                                         autocast_dtype=autocast_dtype, weights=self.frozen_weights(model, autocast_dtype))
         return token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=None, pad_id=self.pad_token_id)[0]
 
     def reference_fingerprint(self) -> str:

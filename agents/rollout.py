@@ -18,6 +18,8 @@ from transformers import PreTrainedModel
 
 from tokengym.envs import BatchedTextEnv
 
+from .precision import precast_linear_weights, run_on
+
 
 @dataclass
 class RolloutBatch:
@@ -179,8 +181,15 @@ class CachedSampler:
         mask = torch.as_tensor(obs["attention_mask"][:, :P], device=device)
         pos = position_ids_from_mask(mask)
         want_values = self.value_head is not None
+        if self.autocast_dtype is None:
+            model = self.model
+        else:  # the forwards run on low-precision copies of the Linear weights, cast once (see precast_linear_weights)
+            casted = precast_linear_weights(self.model, self.autocast_dtype)
+
+            def model(**kwargs: Any) -> Any:
+                return run_on(self.model, casted, **kwargs)
         with autocast_context(device, self.autocast_dtype):
-            out = self.model(
+            out = model(
                 input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                 output_hidden_states=want_values,
             )
@@ -231,7 +240,7 @@ class CachedSampler:
             # Feed only the new column; finished rows keep feeding pad (their outputs are ignored).
             mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
             with autocast_context(device, self.autocast_dtype):
-                out = self.model(
+                out = model(
                     input_ids=action[:, None], attention_mask=mask, position_ids=next_pos,
                     cache=out.cache, use_cache=True, output_hidden_states=want_values,
                 )

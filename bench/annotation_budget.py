@@ -1,15 +1,18 @@
 """How many human labels does the main task need? Reward-model accuracy against the gold judge
-for growing numbers of simulated comparisons.
+for growing numbers of simulated comparisons, candidates per prompt and epochs.
 
-    python bench/annotation_budget.py --budgets 250,500,1000,1920
+    python bench/annotation_budget.py --budgets 250,500,1000,all --candidates 4,6 --epochs 1
 
-The main task's recipe (``tokengym.feedback.default_rm``) is followed with one change: only
-``n`` of the within-prompt pairs are labelled (drawn at random, seeded). The candidates are generated
-once and shared by every budget, so the budgets differ only in the labels. Every reward model is
-then judged on the same independent set: fresh reference-policy samples of the task's **test**
-prompts (4 per prompt, the recipe's temperatures), every within-prompt pair whose gold (VADER)
-scores differ, scored by the pairwise accuracy of the reward model against the gold judge. Results:
-``bench/results/annotation_budget.{json,md}``.
+The main task's recipe (``tokengym.feedback.default_rm``) is followed with the changes under study:
+``--candidates K`` takes the first K temperatures of ``TEMPERATURE_POOL`` (the recipe's own are its
+first 4), so each prompt gets K continuations and C(K,2) within-prompt pairs; ``--budgets n`` labels
+only n of those pairs (drawn at random, seeded; ``all`` labels every one); ``--epochs`` sets the
+reward-model training passes. The candidates are generated once, for the largest K, and every
+smaller K uses the first of them, so variants differ only in what is under study. Every reward model
+is judged on the same independent set: fresh reference-policy samples of the task's **test**
+prompts (8 per prompt, the recipe's four temperatures twice), every within-prompt pair whose gold
+(VADER) scores differ, scored by the pairwise accuracy of the reward model against the gold judge.
+Results: ``bench/results/<--name>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -42,55 +45,91 @@ def gold_pairs(rows: list[tuple[str, str, float]], judge) -> list[tuple[int, int
     return pairs
 
 
+#: The candidates' temperatures: K candidates per prompt use the first K (the recipe's are the first 4).
+TEMPERATURE_POOL = (1.0, 1.0, 0.7, 1.3, 1.0, 1.0, 0.7, 1.3)
+#: The independent evaluation set: 8 samples of every test prompt.
+EVAL_TEMPERATURES = (1.0, 1.0, 0.7, 1.3, 1.0, 1.0, 0.7, 1.3)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", default="250,500,1000,1920")
+    parser.add_argument("--budgets", default="250,500,1000,all", help="comparisons per variant; 'all' = every pair")
+    parser.add_argument("--candidates", default="4", help=f"candidates per prompt, comma-separated, each <= {len(TEMPERATURE_POOL)}")
+    parser.add_argument("--epochs", default="1", help="reward-model epochs, comma-separated")
+    parser.add_argument("--rm-dtypes", default="auto", help="reward-model training precisions: auto, fp32, bf16")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="annotation_budget", help="results file name under bench/results")
     args = parser.parse_args()
-    budgets = [int(b) for b in args.budgets.split(",")]
+    try:
+        budgets = [None if b == "all" else int(b) for b in args.budgets.split(",")]
+        ks = [int(k) for k in args.candidates.split(",")]
+        epochs = [float(e) for e in args.epochs.split(",")]
+        dtypes = args.rm_dtypes.split(",")
+    except ValueError as e:
+        parser.error(f"--budgets/--candidates/--epochs: {e}")
+    if not all(2 <= k <= len(TEMPERATURE_POOL) for k in ks):
+        parser.error(f"--candidates: each between 2 and {len(TEMPERATURE_POOL)}")
+    if not set(dtypes) <= {"auto", "fp32", "bf16"}:
+        parser.error("--rm-dtypes: auto, fp32 or bf16")
     set_threads(args.threads)
 
     from tokengym.feedback.default_rm import DEFAULT_RECIPE, build_reward_model, generate_candidates
     from tokengym.feedback.simulate import resolve_judge
+    from tokengym.hardware import dtype_name, resolve_dtype
     from tokengym.models import load_causal_lm
     from tokengym.rewards.learned import LearnedReward
 
     t0 = time.time()
     tok, model = load_causal_lm(DEFAULT_RECIPE.policy)
-    progress("candidates of the train prompts (shared by every budget) ...")
-    train_rows = generate_candidates(DEFAULT_RECIPE, tok, model)
+    progress(f"{max(ks)} candidates of each train prompt (shared by every variant) ...")
+    pool = replace(DEFAULT_RECIPE, temperatures=TEMPERATURE_POOL[:max(ks)])
+    all_rows = generate_candidates(pool, tok, model)
+    n_prompts = len(all_rows) // max(ks)
     progress("independent evaluation samples of the test prompts ...")
-    eval_rows = generate_candidates(replace(DEFAULT_RECIPE, split="test", seed=DEFAULT_RECIPE.seed + 101), tok, model)
+    eval_rows = generate_candidates(replace(DEFAULT_RECIPE, split="test", seed=DEFAULT_RECIPE.seed + 101,
+                                            temperatures=EVAL_TEMPERATURES), tok, model)
     judge = resolve_judge(DEFAULT_RECIPE.gold)
     pairs = gold_pairs(eval_rows, judge)
     progress(f"{len(eval_rows)} evaluation samples, {len(pairs)} pairs with a gold preference")
     results = []
     with tempfile.TemporaryDirectory(prefix="tokengym-budget-") as tmp:
-        for n in budgets:
-            recipe = replace(DEFAULT_RECIPE, max_comparisons=n)
+        for k, ep, n, dt in itertools.product(ks, epochs, budgets, dtypes):
+            recipe = replace(DEFAULT_RECIPE, temperatures=TEMPERATURE_POOL[:k], max_comparisons=n, epochs=ep, dtype=dt)
+            rows = all_rows[: k * n_prompts]  # generated temperature by temperature: the first k of each prompt
             t1 = time.time()
-            info = build_reward_model(Path(tmp) / f"rm{n}", recipe, candidates=train_rows, log=None, progress=False)
-            rm = LearnedReward(Path(tmp) / f"rm{n}")
+            out = Path(tmp) / f"rm{k}-{ep}-{n}-{dt}"
+            info = build_reward_model(out, recipe, candidates=rows, log=None, progress=False)
+            rm = LearnedReward(out)
             scores = rm([r[0] for r in eval_rows], [r[1] for r in eval_rows])
-            acc = float(np.mean([scores[i] > scores[j] for i, j in pairs]))
-            results.append({"comparisons": info["comparisons"], "test_gold_accuracy": acc,
+            correct = np.array([scores[i] > scores[j] for i, j in pairs], dtype=float)
+            acc = float(correct.mean())
+            dt_used = dtype_name(resolve_dtype(dt, "cpu"))
+            results.append({"candidates_per_prompt": k, "epochs": ep, "rm_dtype": dt_used, "comparisons": info["comparisons"],
+                            "test_gold_accuracy": acc, "test_gold_accuracy_se": float(correct.std() / np.sqrt(len(correct))),
                             "build_heldout_gold_accuracy": info["heldout_gold_accuracy"],
                             "train_s": round(time.time() - t1, 1)})
-            progress(f"{info['comparisons']} comparisons: accuracy vs gold on the test samples {acc:.3f}")
-    rows = [[r["comparisons"], f"{r['test_gold_accuracy']:.3f}", f"{r['build_heldout_gold_accuracy']:.3f}", r["train_s"]]
-            for r in results]
+            progress(f"K={k} epochs={ep:g} {dt_used} {info['comparisons']} comparisons: accuracy vs gold on the test samples "
+                     f"{acc:.3f}")
+    rows_md = [[r["candidates_per_prompt"], f"{r['epochs']:g}", r["rm_dtype"], r["comparisons"],
+                f"{r['test_gold_accuracy']:.3f} ± {r['test_gold_accuracy_se']:.3f}",
+                f"{r['build_heldout_gold_accuracy']:.3f}", r["train_s"]] for r in results]
     md = [
         "### Annotation budget: reward-model accuracy against the gold judge (`tokengym/PositiveReview-v1`)", "",
-        md_table(["simulated comparisons", "pairwise accuracy vs gold, test prompts", "same, held-out train prompts",
-                  "label + train s"], rows), "",
-        f"* Evaluation: {len(eval_rows)} fresh reference samples of the {len(eval_rows) // len(DEFAULT_RECIPE.temperatures)} "
-        f"test prompts, {len(pairs)} within-prompt pairs whose VADER scores differ; the same set for every budget.",
-        "* Labels: a simulated annotator who agrees with the gold judge on 90 % of pairs; all-MiniLM-L6-v2, one epoch, "
-        "the main task's recipe; the candidates are shared, only the number of labelled pairs changes.",
+        md_table(["candidates per prompt", "epochs", "RM training dtype", "simulated comparisons",
+                  "pairwise accuracy vs gold, test prompts (± s.e.)", "same, the build's held-out train prompts",
+                  "label + train s"], rows_md), "",
+        f"* Evaluation: {len(eval_rows)} fresh reference samples of the {len(eval_rows) // len(EVAL_TEMPERATURES)} "
+        f"test prompts (temperatures {', '.join(f'{t:g}' for t in EVAL_TEMPERATURES)}), {len(pairs)} within-prompt "
+        "pairs whose VADER scores differ; the same set for every variant. s.e. is the binomial standard error "
+        "of the mean over those pairs (pairs sharing a prompt are correlated, so it is a lower bound).",
+        f"* Candidates: K continuations of each of the {n_prompts} train prompts at temperatures "
+        f"{', '.join(f'{t:g}' for t in TEMPERATURE_POOL[:max(ks)])} (the first K). Labels: a simulated annotator who "
+        "agrees with the gold judge on 90 % of pairs; all-MiniLM-L6-v2 (bf16 = autocast, fp32 weights), "
+        "otherwise the main task's recipe.",
         f"* Machine: {machine_info()}", f"* Command: `{command_line()}`; total {time.time() - t0:.0f} s.",
     ]
-    write_results("annotation_budget", {"results": results, "eval_pairs": len(pairs), "machine": machine_info(),
-                                        "command": command_line()}, "\n".join(md) + "\n")
+    write_results(args.name, {"results": results, "eval_pairs": len(pairs), "machine": machine_info(),
+                              "command": command_line()}, "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

@@ -59,11 +59,17 @@ class RewardModelRecipe:
     # None: every within-prompt pair is labelled once (1,920 for the default); a number labels that
     # many pairs, drawn at random (the annotation-budget benchmark varies it).
     max_comparisons: int | None = None
+    # The reward model's training precision (``RMConfig.dtype``): "auto" is bf16 autocast where the
+    # CPU runs it fast, fp32 elsewhere.
+    dtype: str = "auto"
 
     def key(self) -> str:
         fields = asdict(self)
-        if fields["max_comparisons"] is None:  # added later: the default recipe keeps its cached folder
+        # Fields added later leave the key unchanged at their defaults, so cached models stay valid.
+        if fields["max_comparisons"] is None:
             del fields["max_comparisons"]
+        if fields["dtype"] == "auto":
+            del fields["dtype"]
         text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -174,7 +180,8 @@ def build_reward_model(out: str | os.PathLike, recipe: RewardModelRecipe = DEFAU
         n_labels = sim.label_pairs([annotator], sim.sample_pairs(n_pairs))
         rm_cfg = RMConfig(epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.rm_batch_size,
                           max_length=recipe.max_length, heldout_fraction=recipe.heldout_fraction,
-                          reference_round=0, kinds=("compare",), seed=recipe.seed)
+                          reference_round=0, kinds=("compare",), dtype=recipe.dtype,
+                          seed=recipe.seed)
         if log:
             log(f"reward model: {len(rows)} candidates in {t_gen:.0f} s, {n_labels} simulated comparisons; training ...")
         model_dir = Path(work) / "model"

@@ -77,6 +77,10 @@ class RMConfig:
     heldout_fraction: float = 0.1  # of prompts
     reference_round: int | None = 0  # candidates whose scores set mean/std; None = all candidates
     dropout: bool = False  # off by default: with ~one epoch of data it mostly slows learning
+    # "auto": bf16 autocast for the training forwards where the CPU runs bf16 fast (AMX/AVX512-BF16,
+    # measured once per machine) and fp32 elsewhere; the weights, AdamW and the loss stay fp32, and
+    # scoring (accuracy, normalisation, later the reward itself) is always fp32.
+    dtype: str = "auto"
     seed: int = 0
 
     def validate(self) -> None:
@@ -108,6 +112,8 @@ class RMConfig:
             raise bad("heldout_fraction", "in [0, 1) (1 would hold out every prompt)")
         if self.reference_round is not None and not (integer(self.reference_round) and self.reference_round >= 0):
             raise bad("reference_round", "None (all candidates) or an integer >= 0")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise bad("dtype", "'auto', 'fp32' or 'bf16'")
 
 
 @dataclass
@@ -224,6 +230,15 @@ class RewardModelTrainer:
         if config.ranking_loss not in RANKING_LOSSES:
             raise FeedbackError(f"ranking_loss must be one of {RANKING_LOSSES}, got {config.ranking_loss!r}")
         self.tokenizer, self.model, self.config = tokenizer, model, config
+        from tokengym.hardware import resolve_dtype
+
+        #: the training forwards' autocast dtype (None: fp32)
+        dtype = resolve_dtype(config.dtype, torch.device("cpu"), setting="RMConfig.dtype")
+        self.autocast_dtype = None if dtype == torch.float32 else dtype
+        if self.autocast_dtype is not None:
+            from tokengym.agents.precision import use_fp32_attention
+
+            use_fp32_attention(model)  # CPU bf16 attention kernels are slower than fp32 ones
 
     def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """Raw rewards ``(B,)`` with gradients (the caller chooses train/eval mode)."""
@@ -241,7 +256,9 @@ class RewardModelTrainer:
             spans.append((len(responses), len(responses) + len(texts)))
             prompts += [it.prompt] * len(texts)
             responses += list(texts)
-        r = self.rewards(prompts, responses)
+        with torch.autocast("cpu", dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None):
+            r = self.rewards(prompts, responses)
+        r = r.float()  # the loss in fp32 whatever the forward's precision
         losses = []
         for it, (s, e) in zip(items, spans):
             if isinstance(it, PairItem):
@@ -356,7 +373,8 @@ def train_reward_model(
         base = cfg.base_model or "all-MiniLM-L6-v2"
         training = {"n_train": len(train), "heldout_pairs": len(held_pairs), "heldout_accuracy": acc,
                     "heldout_gold_accuracy": gold_acc, "max_length": cfg.max_length, "epochs": cfg.epochs,
-                    "lr": cfg.lr, "ranking_loss": cfg.ranking_loss}
+                    "lr": cfg.lr, "ranking_loss": cfg.ranking_loss,
+                    "train_dtype": "fp32" if trainer.autocast_dtype is None else "bf16"}
         result.path = save_reward_model(out_dir, tokenizer, net, mean=mean, std=std, base_model=str(base),
                                         input_format="pair", training=training)
     return result

@@ -149,3 +149,72 @@ def test_train_run_in_bf16_records_it_and_evaluates_in_fp32(tmp_path):
     for when in ("before", "after"):
         assert all(math.isfinite(v) for k, v in report[when].items() if k != "gold_score"), when
     assert abs(report["before"]["kl_to_reference"]) < 1e-5  # fp32 sampler against the fp32 reference
+
+
+@pytest.mark.parametrize("lora_r", [0, 16])
+def test_rollout_on_precast_weights_equals_plain_autocast(toy_tok, make_toy_lm, lora_r, monkeypatch):
+    """The sampler's once-per-rollout bf16 weight copies give exactly what per-step autocast gives."""
+    from tokengym.agents import rollout
+
+    agent = PPOAgent(toy_env(toy_tok), make_toy_lm(), config("bf16", lora_r=lora_r))
+    casted = rollout.precast_linear_weights(agent.ac.policy, torch.bfloat16)
+    assert casted and {t.dtype for t in casted.values()} == {torch.bfloat16}
+    names = set(casted)
+    assert any(n.endswith("q_proj.weight") or n.endswith("q_proj.base_layer.weight") for n in names)
+    if lora_r:  # the frozen base weights (which autocast never caches) and the adapters alike
+        assert any("base_layer" in n for n in names) and any("lora_A" in n for n in names)
+    # The LM head (tied to the embeddings in this model) gets a copy; the embedding table does not.
+    assert any(n.endswith("lm_head.weight") for n in names) and not any("embed_tokens" in n for n in names)
+    embeddings = agent.ac.policy.get_input_embeddings()
+    embeddings.register_forward_hook(lambda m, i, out: lookups.append(out.dtype))
+    lookups: list = []
+    first = agent.sampler.rollout(agent.env, seed=3)
+    monkeypatch.setattr(rollout, "precast_linear_weights", lambda model, dtype: {})  # plain autocast
+    second = agent.sampler.rollout(agent.env, seed=3)
+    assert torch.equal(first.response_ids, second.response_ids)
+    assert torch.equal(first.sample_logprobs, second.sample_logprobs)
+    assert torch.equal(first.values, second.values)
+    assert lookups and set(lookups) == {torch.float32}
+
+
+def test_cpu_bf16_agents_run_attention_in_fp32_which_changes_nothing_in_fp32(toy_tok, make_toy_lm):
+    from tokengym.agents.precision import FP32_SDPA, use_fp32_attention
+
+    agent = PPOAgent(toy_env(toy_tok), make_toy_lm(), config("bf16"))
+    assert agent.ac.policy.config._attn_implementation == FP32_SDPA
+    assert PPOAgent(toy_env(toy_tok), make_toy_lm(), config("fp32")).ac.policy.config._attn_implementation == "sdpa"
+    plain, switched = make_toy_lm(), make_toy_lm()
+    assert use_fp32_attention(switched) and not use_fp32_attention(switched)  # only an SDPA model is switched
+    ids = torch.randint(3, toy_tok.vocab_size, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding goes through the same masks
+    with torch.no_grad():
+        torch.testing.assert_close(switched(input_ids=ids, attention_mask=mask).logits,
+                                   plain(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = switched(input_ids=ids, attention_mask=mask).logits
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("lora_r", [0, 16])
+def test_frozen_weights_are_cast_once_and_change_no_forward(toy_tok, make_toy_lm, lora_r):
+    from tokengym.agents.policy import response_forward
+
+    agent = PPOAgent(toy_env(toy_tok), make_toy_lm(), config("bf16", lora_r=lora_r))
+    ac = agent.ac
+    assert ac.frozen_weights(ac.policy, None) is None  # fp32: nothing to cast
+    policy_casts = ac.frozen_weights(ac.policy, torch.bfloat16)
+    assert ac.frozen_weights(ac.policy, torch.bfloat16) is policy_casts  # made once
+    if lora_r:  # the base and the tied head are frozen, the adapters are not
+        assert policy_casts and not any("lora_" in n for n in policy_casts)
+        assert any("base_layer" in n for n in policy_casts)
+    else:  # full fine-tuning: every policy weight trains; the reference copy is all frozen
+        assert policy_casts == {}
+        assert len(ac.frozen_weights(ac.reference, torch.bfloat16)) > 0
+    ids = torch.randint(3, toy_tok.vocab_size, (2, 9))
+    attn = torch.ones_like(ids)
+    plain, _ = response_forward(ac.policy, ids, attn, 4, 1.0, autocast_dtype=torch.bfloat16)
+    cast, _ = response_forward(ac.policy, ids, attn, 4, 1.0, autocast_dtype=torch.bfloat16, weights=policy_casts)
+    assert torch.equal(plain, cast)
+    cast.sum().backward()  # gradients still reach the trainable weights
+    assert all(p.grad is not None for p in ac.policy.parameters() if p.requires_grad)

@@ -115,3 +115,35 @@ def test_rankings_and_scores_train_too(tmp_path: Path) -> None:
         cfg = RMConfig(epochs=1, lr=1e-3, batch_size=8, max_length=24, ranking_loss=loss, heldout_fraction=0.25)
         result = train_reward_model(store, None, cfg, model=tiny_bert(), log=None)
         assert np.isfinite(result.losses).all() and result.n_heldout_pairs > 0
+
+
+def test_bf16_training_autocasts_the_forwards_and_keeps_fp32_weights(tmp_path: Path) -> None:
+    """``RMConfig.dtype="bf16"``: training forwards run in bf16, weights and scores stay fp32, it learns."""
+    store = synthetic_store(tmp_path / "fb.sqlite")
+    sim = LabelSimulator(store, synthetic_judge, seed=0)
+    sim.label_pairs([SimulatedAnnotator("sim", accuracy=0.9)], sim.sample_pairs(400))
+    tok, model = tiny_bert()
+    seen: list[torch.dtype] = []
+    model.classifier.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    cfg = RMConfig(epochs=3, lr=3e-3, batch_size=16, max_length=24, heldout_fraction=0.2, dtype="bf16")
+    result = train_reward_model(store, tmp_path / "rm", cfg, judge=synthetic_judge, model=(tok, model), log=None)
+    n_steps = len(result.losses)
+    assert set(seen[:n_steps]) == {torch.bfloat16}  # every training forward
+    assert set(seen[n_steps:]) == {torch.float32}  # accuracy and normalisation scoring
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(np.isfinite(result.losses))
+    assert result.heldout_gold_accuracy is not None and result.heldout_gold_accuracy > 0.7, result.summary()
+    meta = json.loads((tmp_path / "rm" / "tokengym_reward.json").read_text())
+    assert meta["training"]["train_dtype"] == "bf16"
+
+
+def test_rm_dtype_is_checked_and_auto_follows_the_pin() -> None:
+    import pytest
+
+    from tokengym.feedback.errors import FeedbackError
+
+    with pytest.raises(FeedbackError, match="RMConfig.dtype"):
+        RMConfig(dtype="fp16").validate()
+    tok, model = tiny_bert()
+    # tests/conftest.py pins "auto" to fp32, so the suite's numbers do not depend on the CPU
+    assert RewardModelTrainer(tok, model, RMConfig()).autocast_dtype is None
