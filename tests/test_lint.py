@@ -17,6 +17,7 @@ def test_ruff_check_passes():
 # hints that mypy disagrees with somewhere (e.g. tensors that may be None before a step fills them).
 TYPED_MODULES = [
     "agents/__init__.py", "agents/advantages.py", "agents/checkpoint.py", "agents/config.py", "agents/kl.py",
+    "agents/precision.py",
     "envs/__init__.py", "envs/prompts.py", "envs/registration.py", "envs/render.py",
     "rewards/learned.py", "rewards/postprocess.py", "rewards/reference.py", "rewards/registry.py", "rewards/rules.py",
     "rewards/sentiment.py", "rewards/shaping.py",
