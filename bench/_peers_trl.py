@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--beta", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: the Trainer's bf16=True (CPU autocast)")
     args = ap.parse_args()
 
     import torch
@@ -60,7 +61,7 @@ def main() -> None:
         return [len(c) / 100.0 for c in completions]
 
     common = dict(
-        output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=args.dtype == "bf16", fp16=False, gradient_checkpointing=False,
         learning_rate=1e-5, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none",
         seed=0, dataloader_num_workers=0, num_generations=args.group, max_completion_length=args.new_tokens,
         temperature=1.0, top_k=0, top_p=1.0, beta=args.beta, disable_dropout=True,

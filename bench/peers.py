@@ -4,8 +4,11 @@ Work: SmolLM2-135M-Instruct fp32 (our cached Hugging Face folder, ``tokengym.mod
 TRL loads the same folder offline), ``--batch`` (16) completions per iteration as 4 prompts x 4
 samples, ``--new-tokens`` (48) new tokens with EOS off on both sides, the same 16-token prompts
 (``movie_reviews`` prompts cut to their last 16 tokens), a trivial Python reward ``len(response) / 100``
-on both sides, reference model on (KL coefficient 0.05), temperature 1, no top-k/top-p, fp32 on CPU
-(``use_cpu=True, bf16=False, gradient_checkpointing=False``), micro-batches of 8.
+on both sides, reference model on (KL coefficient 0.05), temperature 1, no top-k/top-p, on CPU
+(``use_cpu=True, gradient_checkpointing=False``), micro-batches of 8. ``--dtypes fp32,bf16`` runs each
+pair in each precision: TRL's ``bf16=True`` (its Trainer's CPU autocast) against our ``dtype="bf16"``
+(autocast with fp32 master weights, :mod:`tokengym.agents.precision`); fp32 is ``bf16=False`` against
+``dtype="fp32"``. Rows of bf16 runs are keyed ``<pair>/bf16``.
 
 Pairs (each side in its own process; the pairs run interleaved, TRL first then ours, for each pair):
 
@@ -74,7 +77,7 @@ def ours_child(args: argparse.Namespace) -> None:
                          max_new_tokens=args.new_tokens, max_prompt_tokens=args.prompt_tokens,
                          stop_token_ids=never_stop(tok))
     common = dict(batch_size=args.batch, micro_batch_size=args.micro, kl_coef=args.beta, adaptive_kl=False,
-                  sample_every=0, anneal_lr=False, learning_rate=1e-5, lora_r=0, checkpoint_every=0)
+                  sample_every=0, anneal_lr=False, learning_rate=1e-5, lora_r=0, checkpoint_every=0, dtype=args.dtype)
     if args.child == "ppo":
         agent = PPOAgent(env, model, PPOConfig(**common, minibatch_size=args.micro, ppo_epochs=args.epochs))
     elif args.child == "rloo":
@@ -111,6 +114,9 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--beta", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtypes", default="fp32", help="comma-separated fp32,bf16: each pair runs in each")
+    ap.add_argument("--tag", default="", help="suffix of the results files (keeps other runs' results)")
+    ap.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--prompts", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -129,7 +135,10 @@ def main() -> None:
            "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     common = [f"--iterations={args.iterations}", f"--batch={args.batch}", f"--group={args.group}", f"--micro={args.micro}",
               f"--epochs={args.epochs}", f"--new-tokens={args.new_tokens}", f"--beta={args.beta}", f"--threads={args.threads}"]
-    js = RESULTS / "peers.json"
+    dtypes = args.dtypes.split(",")
+    if not set(dtypes) <= {"fp32", "bf16"}:
+        ap.error("--dtypes: fp32 and/or bf16")
+    js = RESULTS / f"peers{args.tag}.json"
     old = json.loads(js.read_text()) if js.is_file() else {}
     results: dict = old.get("pairs", {}) if old.get("settings", {}).get("common") == common else {}
     results = {k: v for k, v in results.items() if all("iteration_cpu_s" in v[s] for s in ("trl", "ours") if s in v)}
@@ -137,19 +146,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pfile = Path(tmp) / "prompts.json"
         pfile.write_text(json.dumps(shared_prompts(tok, n_prompts, args.prompt_tokens)))
-        for pair in args.pairs.split(","):
+        for pair_name, dt in [(p, d) for d in dtypes for p in args.pairs.split(",")]:
+            pair = pair_name if dt == "fp32" else f"{pair_name}/{dt}"
             results[pair] = {}
             for side in ("trl", "ours"):
-                out = Path(tmp) / f"{pair}-{side}.json"
+                out = Path(tmp) / f"{pair_name}-{dt}-{side}.json"
                 if side == "trl":
                     if not VENV_PY.is_file():
                         errors[f"{pair}/trl"] = f"{VENV_PY} missing: create the TRL venv (see the docstring)"
                         continue
-                    cmd = [str(VENV_PY), str(Path(__file__).parent / "_peers_trl.py"), "--algo", TRL_ALGO[pair],
-                           "--model", str(model_dir), "--prompts", str(pfile), "--out", str(out), *common]
+                    cmd = [str(VENV_PY), str(Path(__file__).parent / "_peers_trl.py"), "--algo", TRL_ALGO[pair_name],
+                           "--model", str(model_dir), "--prompts", str(pfile), "--out", str(out), f"--dtype={dt}", *common]
                 else:
-                    cmd = [sys.executable, __file__, "--child", pair, "--prompts", str(pfile), "--out", str(out),
-                           f"--prompt-tokens={args.prompt_tokens}", *common]
+                    cmd = [sys.executable, __file__, "--child", pair_name, "--prompts", str(pfile), "--out", str(out),
+                           f"--prompt-tokens={args.prompt_tokens}", f"--dtype={dt}", *common]
                 progress(f"{pair}: {side}")
                 t0 = time.perf_counter()
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -171,7 +181,8 @@ def main() -> None:
             if side not in sides:
                 continue
             r = sides[side]
-            name = TRL_NAME[pair] if side == "trl" else OUR_NAME[pair]
+            base, _, dt = pair.partition("/")
+            name = (TRL_NAME[base] if side == "trl" else OUR_NAME[base]) + f" {dt or 'fp32'}"
             rows.append([name, ", ".join(f"{x:.1f}" for x in r["iteration_s"]), r["median_iteration_s"], r["tokens_per_s"],
                          r["median_iteration_cpu_s"], r["generated_tokens_per_iteration"] / r["median_iteration_cpu_s"],
                          r["peak_rss_mb"],
@@ -182,7 +193,7 @@ def main() -> None:
     end = machine_info()
     data = {"command": command_line(), "settings": {"common": common, "prompt_tokens": args.prompt_tokens},
             "machine_start": info, "machine_end": end, "pairs": results, "errors": errors}
-    md = [f"### tokengym vs TRL (SmolLM2-135M fp32, {args.batch} completions = {args.batch // args.group} prompts x {args.group}, "
+    md = [f"### tokengym vs TRL (SmolLM2-135M {'/'.join(dtypes)}, {args.batch} completions = {args.batch // args.group} prompts x {args.group}, "
           f"{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens, EOS off, reference model on, micro-batch {args.micro})", "",
           md_table(["run", "wall s per iteration (each)", "median wall s/iteration", "generated tokens/s (wall)",
                     "median CPU s/iteration", "generated tokens/CPU-s", "peak RSS MB", "phases wall s/iteration"], rows), ""]
@@ -190,6 +201,14 @@ def main() -> None:
         if "trl_over_ours" in sides:
             md.append(f"* {pair}: TRL / tokengym seconds per iteration = **{sides['trl_over_ours_cpu']:.2f}** by CPU time, "
                       f"{sides['trl_over_ours']:.2f} by wall time (> 1: tokengym is faster)")
+    for base in args.pairs.split(","):
+        trl_runs = {k: v["trl"] for k, v in results.items() if k.partition("/")[0] == base and "trl" in v}
+        ours_runs = {k: v["ours"] for k, v in results.items() if k.partition("/")[0] == base and "ours" in v}
+        if len(trl_runs) > 1 and ours_runs:
+            tb = min(trl_runs, key=lambda k: trl_runs[k]["median_iteration_cpu_s"])
+            ob = min(ours_runs, key=lambda k: ours_runs[k]["median_iteration_cpu_s"])
+            md.append(f"* {base}, each side's best precision: TRL's `{tb}` / tokengym's `{ob}` = "
+                      f"**{trl_runs[tb]['median_iteration_cpu_s'] / ours_runs[ob]['median_iteration_cpu_s']:.2f}** by CPU time")
     if errors:
         md += ["", "Errors:", ""] + [f"* {k}: ```{v.strip()[-800:]}```" for k, v in errors.items()]
     md += ["", f"TRL side: {next((s['trl']['framework'] for s in results.values() if 'trl' in s), 'not run')}, from `bench/.venv-trl`. "
@@ -199,7 +218,7 @@ def main() -> None:
            "is the steadier measure, wall time moves with any other job on the machine. TRL's optimiser is its default "
            "`adamw_torch_fused`, ours fused Adam. Generated tokens = completions x new tokens (EOS off on both sides).",
            f"Command: `{data['command']}` ({end['date']})"]
-    write_results("peers", data, "\n".join(md))
+    write_results(f"peers{args.tag}", data, "\n".join(md))
     print("\n".join(md))
 
 

@@ -53,6 +53,31 @@ def test_bench_toy_runs_combine_and_render(tmp_path):
     assert (tmp_path / "algos.png").stat().st_size > 1000
 
 
+def test_bench_trains_sb3_contrib_trpo(tmp_path, monkeypatch):
+    """sb3-trpo runs end to end on the toy setup, gets its row, and its natural-gradient steps move the LM."""
+    import torch
+
+    moved = []
+    real = bench.train_sb3
+
+    def checked(algo, model, *a, **k):
+        before = [p.detach().clone() for p in model.parameters()]
+        res = real(algo, model, *a, **k)
+        assert res["policy"] is model and model.config._attn_implementation == "eager"  # double backward
+        moved.append(any(not torch.equal(b, p) for b, p in zip(before, model.parameters())))
+        return res
+
+    monkeypatch.setattr(bench, "train_sb3", checked)
+    data = bench.run(parse(["--algos", "sb3-trpo", *COMMON, "--seeds", "1", "--out", str(tmp_path)]))
+    assert moved == [True]  # a TRPO whose line search never accepted a step would leave the weights as they were
+    assert data == json.loads((tmp_path / "algos.json").read_text())
+    [r] = data["runs"]
+    assert r["algo"] == "sb3-trpo" and 96 <= r["tokens"] < 96 + 8 * 4 + 1  # the same generated-token budget
+    assert r["curve"] and len(r["checkpoints"]) == 1
+    assert set(r["final"]) >= {"proxy_score", "gold_score", "kl_to_reference"}
+    assert "| sb3-trpo | 1 |" in (tmp_path / "algos.md").read_text()
+
+
 def test_a_killed_bench_continues_where_it_stopped(tmp_path, monkeypatch):
     argv = ["--algos", "reinforce,a2c", *COMMON, "--seeds", "2", "--out", str(tmp_path)]
     trained = []

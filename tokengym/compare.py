@@ -168,6 +168,22 @@ def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: arg
         sb3 = PPO(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=args.sb3_lr, n_steps=n_steps,
                   batch_size=max(1, n_steps * args.batch_size // 2), n_epochs=4, gamma=1.0, gae_lambda=0.95,
                   clip_range=0.2, ent_coef=args.ent_coef, vf_coef=0.1, max_grad_norm=1.0, seed=seed, verbose=0, device="cpu")
+    elif algo == "sb3-trpo":
+        from sb3_contrib import TRPO
+
+        # TRPO's step is a natural-gradient one: conjugate gradient on Hessian-vector products of the KL,
+        # i.e. a double backward through the LM, which PyTorch's SDPA attention does not have (CPU flash
+        # attention: "derivative ... not implemented"), so the LM gets eager attention (same values, slower).
+        # Left at TRPO's defaults: target_kl 0.01 (the trust region, mean per-token KL per update) sets the
+        # actor's step, so there is no policy learning rate: learning_rate (1e-3) trains only the value
+        # head (10 critic epochs; TRPO drops the LM's share of that gradient), hence not --sb3-lr; 15 CG
+        # steps, damping 0.1, line search, gae_lambda 0.95. No entropy bonus (TRPO has none: --ent-coef
+        # does not apply). Non-defaults: gamma 1 (the KL penalty is in the reward, as for every algorithm
+        # here); n_steps as the other SB3 algorithms (one update per batch_size episodes); the critic's
+        # minibatch (default 128) capped at the rollout size, where a smaller rollout would only warn.
+        sb3 = TRPO(LMActorCriticPolicy, env, policy_kwargs={"lm": model, "attn_implementation": "eager"},
+                   n_steps=n_steps, batch_size=min(128, n_steps * args.batch_size), gamma=1.0, seed=seed,
+                   verbose=0, device="cpu")
     else:
         sb3 = A2C(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=args.sb3_lr, n_steps=n_steps,
                   gamma=1.0, gae_lambda=1.0, ent_coef=args.ent_coef, vf_coef=0.5, max_grad_norm=1.0, seed=seed,
@@ -264,7 +280,10 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 # Command
 # ----------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algos", default="ppo,reinforce,a2c,rloo,grpo,sb3-ppo", help=f"comma-separated, from {', '.join(ALGOS)}")
+    p.add_argument("--algos", default="ppo,reinforce,a2c,rloo,grpo,sb3-ppo",
+                   help=f"comma-separated, from {', '.join(ALGOS)} (sb3-a2c and sb3-trpo, sb3-contrib's TRPO, are "
+                        "not in the default; sb3-trpo takes ~4x sb3-ppo's wall time on --model toy: each update "
+                        "solves for a natural-gradient step with double backwards through the LM)")
     p.add_argument("--env", default=None,
                    help="a registered tokengym task (default: the main task, tokengym/PositiveReview-v1; "
                         "tokengym/PositiveReview-v0, paid by VADER, for --model toy/tiny)")

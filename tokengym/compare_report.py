@@ -16,7 +16,7 @@ import numpy as np
 
 from tokengym.benchstats import fmt, iqm, score_at_kl, summary
 
-ALGOS = ("ppo", "reinforce", "a2c", "rloo", "grpo", "sb3-ppo", "sb3-a2c")
+ALGOS = ("ppo", "reinforce", "a2c", "rloo", "grpo", "sb3-ppo", "sb3-a2c", "sb3-trpo")
 CURVE_KEYS = ("score", "gold_score", "kl")
 
 
@@ -106,7 +106,7 @@ def write_markdown(data: dict[str, Any], path: Path, levels: list[float]) -> Non
         "Mean [95 % bootstrap confidence interval] over seeds; gold IQM = interquartile mean over seeds. "
         f"Same reward, fixed KL coefficient {s['kl_coef']}, learning rate {s['lr']} (tokengym agents, "
         f"{'LoRA r' + str(s['lora_r']) if s.get('lora_r') else 'full fine-tuning'}) and "
-        f"{s['sb3_lr']} (SB3, full fine-tuning), batch {s['batch_size']} episodes (group size {s['group_size']} for "
+        f"{s['sb3_lr']} (SB3 PPO/A2C, full fine-tuning; sb3-trpo's step is set by its trust region, target KL 0.01), batch {s['batch_size']} episodes (group size {s['group_size']} for "
         f"rloo/grpo), entropy coefficient {s['ent_coef']}. Held-out scores: one sampled response to each of "
         f"{s['eval_prompts']} held-out prompts; KL = k1 estimate summed over response tokens (k3 in the JSON). "
         "Wall time and tokens/s: training only.", "",
