@@ -109,6 +109,14 @@ def test_results_of_other_settings_are_refused_not_mixed(tmp_path):
     with pytest.raises(FileExistsError, match="other settings .*lr"):
         bench.run(parse(["--algos", "reinforce", *COMMON, "--seeds", "1", "--lr", "0.5", "--out", str(tmp_path)]))
     assert (tmp_path / "algos.json").read_bytes() == before
+    # The precision is a setting too, resolved to what ran ("auto" is fp32 under the suite's pin):
+    # seeds measured in bf16 on one machine are never mixed with fp32 seeds from another.
+    assert json.loads(before)["settings"]["dtype"] == "fp32"
+    with pytest.raises(FileExistsError, match="other settings .*dtype"):
+        bench.run(parse(["--algos", "reinforce", *COMMON, "--seeds", "1", "--dtype", "bf16", "--out", str(tmp_path)]))
+    with pytest.raises(ValueError, match="--dtype"):
+        bench.run(parse(["--algos", "reinforce", *COMMON, "--dtype", "fp16", "--out", str(tmp_path)]))
+    assert (tmp_path / "algos.json").read_bytes() == before
     (tmp_path / "mine.json").write_text('{"my": "data"}')
     with pytest.raises(FileExistsError, match="not a tokengym bench result"):
         bench.run(parse(["--algos", "reinforce", *COMMON, "--name", "mine", "--out", str(tmp_path)]))

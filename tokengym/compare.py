@@ -84,7 +84,7 @@ def make_agent(algo: str, env: Any, model: Any, args: argparse.Namespace, seed: 
     B = args.batch_size
     common = dict(
         seed=seed, batch_size=B, learning_rate=args.lr, anneal_lr=False, kl_coef=args.kl_coef, adaptive_kl=False,
-        sample_every=0, ent_coef=args.ent_coef, lora_r=args.lora_r, checkpoint_every=0,
+        sample_every=0, ent_coef=args.ent_coef, lora_r=args.lora_r, checkpoint_every=0, dtype=args.dtype,
     )
     if algo == "ppo":
         cfg = PPOConfig(**common, minibatch_size=max(1, B // 2), micro_batch_size=min(args.micro_batch_size, max(1, B // 2)))
@@ -271,7 +271,7 @@ def best_of_n(model: Any, tok: Any, kwargs: dict[str, Any], args: argparse.Names
 # ----------------------------------------------------------------------------------------------
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("env", "model", "budget", "batch_size", "lr", "lora_r", "sb3_lr", "kl_coef", "ent_coef", "group_size", "max_new_tokens",
-            "eval_prompts", "eval_points", "best_of_n")
+            "eval_prompts", "eval_points", "best_of_n", "dtype")
     # The evaluator's version: results measured with other metric names are never mixed with these.
     return {"evaluator": 2, **{k: getattr(args, k) for k in keys}}
 
@@ -311,6 +311,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-levels", default="1,2,4", help="KL levels (nats per response) of the matched-KL table")
     p.add_argument("--best-of-n", type=int, default=16, help="N of the best-of-n baseline (0 = none)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--dtype", default="auto",
+                   help="the tokengym agents' precision: auto (bf16 autocast where the hardware runs it fast), fp32 or "
+                        "bf16; resolved before the run and part of the settings, so fp32 and bf16 seeds never mix")
     p.add_argument("--verbose", action="store_true")
 
 
@@ -330,6 +333,12 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
         args.lora_r = 0 if small else 16
     if args.sb3_lr is None:
         args.sb3_lr = args.lr if small else 1e-5
+    from tokengym.hardware import DeviceError, dtype_name, resolve_device, resolve_dtype
+
+    try:  # the name the agents will run in, so that a results file says what ran
+        args.dtype = dtype_name(resolve_dtype(args.dtype, resolve_device("auto"), setting="--dtype"))
+    except DeviceError as e:
+        raise ValueError(str(e)) from None
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     bad = [a for a in algos if a not in ALGOS]
     if bad:
