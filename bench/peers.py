@@ -4,7 +4,7 @@ Work: SmolLM2-135M-Instruct fp32 (our cached Hugging Face folder, ``tokengym.mod
 TRL loads the same folder offline), ``--batch`` (16) completions per iteration as 4 prompts x 4
 samples, ``--new-tokens`` (48) new tokens with EOS off on both sides, the same 16-token prompts
 (``movie_reviews`` prompts cut to their last 16 tokens), a trivial Python reward ``len(response) / 100``
-on both sides, reference model on (KL coefficient 0.05), temperature 1, no top-k/top-p, on CPU
+on both sides, reference model on (KL coefficient 0.05), no entropy bonus (TRL has none), temperature 1, no top-k/top-p, on CPU
 (``use_cpu=True, gradient_checkpointing=False``), micro-batches of 8. ``--dtypes fp32,bf16`` runs each
 pair in each precision: TRL's ``bf16=True`` (its Trainer's CPU autocast) against our ``dtype="bf16"``
 (autocast with fp32 master weights, :mod:`tokengym.agents.precision`); fp32 is ``bf16=False`` against
@@ -77,7 +77,10 @@ def ours_child(args: argparse.Namespace) -> None:
                          max_new_tokens=args.new_tokens, max_prompt_tokens=args.prompt_tokens,
                          stop_token_ids=never_stop(tok))
     common = dict(batch_size=args.batch, micro_batch_size=args.micro, kl_coef=args.beta, adaptive_kl=False,
-                  sample_every=0, anneal_lr=False, learning_rate=1e-5, lora_r=0, checkpoint_every=0, dtype=args.dtype)
+                  sample_every=0, anneal_lr=False, learning_rate=1e-5, lora_r=0, checkpoint_every=0, dtype=args.dtype,
+                  # TRL's trainers have no entropy bonus; PPOConfig's default 0.01 would add a full-vocabulary
+                  # entropy and its backward to every micro-batch: not the same work
+                  ent_coef=0.0)
     if args.child == "ppo":
         agent = PPOAgent(env, model, PPOConfig(**common, minibatch_size=args.micro, ppo_epochs=args.epochs))
     elif args.child == "rloo":
