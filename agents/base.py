@@ -143,7 +143,7 @@ class OnPolicyAgent(UpdateLoop, ABC):
         dist.broadcast_module(self.ac)  # every rank starts from rank 0's weights, as DDP does
         self.ac.policy.config.use_cache = False
         self.sampler = CachedSampler(self.ac.policy, temperature=self.config.temperature, value_head=self.ac.value_head,
-                                     autocast_dtype=self.autocast_dtype)
+                                     autocast_dtype=self.autocast_dtype, frozen_weights=self.ac.frozen_weights)
         params = self.ac.trainable_parameters()
         # The fused kernel does Adam's element-wise passes in one (0.08 vs 0.47 s a step for 135M CPU parameters).
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)

@@ -171,8 +171,7 @@ class ActorCritic(nn.Module):
         if key not in self._frozen_casts:
             # Normal tensors even when first asked for under inference mode: the training forward uses them.
             with torch.inference_mode(False), torch.no_grad():
-                self._frozen_casts[key] = {name: t for name, t in precast_linear_weights(model, dtype).items()
-                                           if not model.get_parameter(name).requires_grad}
+                self._frozen_casts[key] = precast_linear_weights(model, dtype, include=lambda p: not p.requires_grad)
         return self._frozen_casts[key]
 
     def evaluate(

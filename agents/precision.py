@@ -12,7 +12,7 @@ Two measured sinks (SmolLM2-135M, one thread, an AVX512-BF16 CPU) and what is do
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,7 +21,8 @@ from torch import nn
 FP32_SDPA = "tokengym_fp32_sdpa"
 
 
-def precast_linear_weights(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def precast_linear_weights(model: nn.Module, dtype: torch.dtype,
+                           include: Callable[[nn.Parameter], bool] | None = None) -> dict[str, torch.Tensor]:
     """``dtype`` copies of the weights and biases of every ``nn.Linear`` in ``model``, by module path.
 
     Autocast casts a Linear's fp32 weight to bf16 on every call. For a decode step at batch 16 that
@@ -31,14 +32,15 @@ def precast_linear_weights(model: nn.Module, dtype: torch.dtype) -> dict[str, to
     again every step. Casting them once per rollout and running the steps on the copies
     (:func:`run_on`) gives bit-identical outputs, because autocast would have made exactly these
     copies. An LM head tied to the input embeddings gets its own copy under the head's path; the
-    embedding lookup keeps the fp32 table, as it does under plain autocast.
+    embedding lookup keeps the fp32 table, as it does under plain autocast. ``include`` picks the
+    parameters to cast (e.g. only the frozen ones); default all.
     """
     out: dict[str, torch.Tensor] = {}
     for mod_name, mod in model.named_modules():
         if not isinstance(mod, nn.Linear):
             continue
         for p_name, p in (("weight", mod.weight), ("bias", mod.bias)):
-            if p is not None and p.dtype == torch.float32:
+            if p is not None and p.dtype == torch.float32 and (include is None or include(p)):
                 out[f"{mod_name}.{p_name}" if mod_name else p_name] = p.detach().to(dtype)
     return out
 
@@ -47,8 +49,11 @@ def run_on(model: nn.Module, tensors: dict[str, torch.Tensor], **kwargs: Any) ->
     """``model(**kwargs)`` with the parameters named in ``tensors`` replaced for this call only.
 
     Ties are not followed (``tie_weights=False``): a copy given for a tied LM head replaces the head's
-    weight alone, never the embedding table it shares storage with.
+    weight alone, never the embedding table it shares storage with. With nothing to replace (every
+    fp32 forward) it is the plain call, without the reparametrisation.
     """
+    if not tensors:
+        return model(**kwargs)
     return torch.func.functional_call(model, tensors, args=(), kwargs=kwargs, strict=False, tie_weights=False)
 
 

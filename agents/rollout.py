@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
@@ -148,11 +148,15 @@ class CachedSampler:
     def __init__(
         self, model: PreTrainedModel, temperature: float = 1.0, greedy: bool = False, value_head: nn.Module | None = None,
         autocast_dtype: torch.dtype | None = None,
+        frozen_weights: Callable[[nn.Module, torch.dtype], dict[str, torch.Tensor] | None] | None = None,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.model, self.temperature, self.greedy, self.value_head = model, temperature, greedy, value_head
         self.autocast_dtype = autocast_dtype
+        #: ``(model, dtype) -> casts of its frozen weights`` kept for the run (``ActorCritic.frozen_weights``):
+        #: with it a rollout casts only the weights that train; without it, every Linear weight.
+        self.frozen_weights = frozen_weights
 
     @torch.inference_mode()
     def rollout(
@@ -184,7 +188,12 @@ class CachedSampler:
         if self.autocast_dtype is None:
             model = self.model
         else:  # the forwards run on low-precision copies of the Linear weights, cast once (see precast_linear_weights)
-            casted = precast_linear_weights(self.model, self.autocast_dtype)
+            frozen = self.frozen_weights(self.model, self.autocast_dtype) if self.frozen_weights else None
+            if frozen is None:
+                casted = precast_linear_weights(self.model, self.autocast_dtype)
+            else:  # the frozen ones are already cast for the run; the trainable ones changed since the last rollout
+                casted = {**frozen, **precast_linear_weights(self.model, self.autocast_dtype,
+                                                             include=lambda p: p.requires_grad)}
 
             def model(**kwargs: Any) -> Any:
                 return run_on(self.model, casted, **kwargs)

@@ -256,7 +256,9 @@ class RewardModelTrainer:
             spans.append((len(responses), len(responses) + len(texts)))
             prompts += [it.prompt] * len(texts)
             responses += list(texts)
-        with torch.autocast("cpu", dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None):
+        from tokengym.agents.rollout import autocast_context
+
+        with autocast_context("cpu", self.autocast_dtype):
             r = self.rewards(prompts, responses)
         r = r.float()  # the loss in fp32 whatever the forward's precision
         losses = []

@@ -169,7 +169,9 @@ def test_rollout_on_precast_weights_equals_plain_autocast(toy_tok, make_toy_lm, 
     embeddings.register_forward_hook(lambda m, i, out: lookups.append(out.dtype))
     lookups: list = []
     first = agent.sampler.rollout(agent.env, seed=3)
-    monkeypatch.setattr(rollout, "precast_linear_weights", lambda model, dtype: {})  # plain autocast
+    # plain autocast: no per-rollout casts and none of the run's frozen casts
+    monkeypatch.setattr(rollout, "precast_linear_weights", lambda model, dtype, include=None: {})
+    monkeypatch.setattr(agent.sampler, "frozen_weights", None)
     second = agent.sampler.rollout(agent.env, seed=3)
     assert torch.equal(first.response_ids, second.response_ids)
     assert torch.equal(first.sample_logprobs, second.sample_logprobs)
