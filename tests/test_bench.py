@@ -127,6 +127,34 @@ def test_results_of_other_settings_are_refused_not_mixed(tmp_path):
     assert (tmp_path / "notes.md").read_text() == "my notes"
 
 
+def test_an_algo_at_lr_variant_trains_at_its_own_rate_as_its_own_row(tmp_path, monkeypatch):
+    from tokengym.agents import ReinforceAgent
+
+    rates = []
+    real_init = ReinforceAgent.__init__
+
+    def spy(self, env, model, cfg):
+        rates.append(cfg.learning_rate)
+        real_init(self, env, model, cfg)
+
+    monkeypatch.setattr(ReinforceAgent, "__init__", spy)
+    bench.run(parse(["--algos", "reinforce,reinforce@2.5E-2", *COMMON, "--seeds", "1", "--best-of-n", "0",
+                     "--out", str(tmp_path)]))
+    assert rates == [1e-2, 0.025]  # --lr (toy default), then the variant's
+    data = json.loads((tmp_path / "algos.json").read_text())
+    assert [r["algo"] for r in data["runs"]] == ["reinforce", "reinforce@0.025"]  # one canonical label
+    md = (tmp_path / "algos.md").read_text()
+    assert "| reinforce | 1 |" in md and "| reinforce@0.025 | 1 |" in md
+    # Rerun with the same variant typed another way: already measured, nothing trains.
+    bench.run(parse(["--algos", "reinforce@0.025", *COMMON, "--seeds", "1", "--best-of-n", "0", "--out", str(tmp_path)]))
+    assert len(rates) == 2
+    for bad, match in (("rloo@fast", "after '@' must be a number"), ("rloo@-1", "must be > 0"),
+                       ("dqn@1e-3", "unknown algorithm 'dqn'"), ("sb3-trpo@1e-3", "no policy learning rate")):
+        with pytest.raises(ValueError, match=match):
+            bench.run(parse(["--algos", bad, *COMMON, "--out", str(tmp_path / "bad")]))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bench_rejects_bad_flags(tmp_path):
     with pytest.raises(ValueError, match="--algos: unknown algorithm"):
         bench.run(parse(["--algos", "ppo,dqn", "--model", "toy", "--out", str(tmp_path)]))
@@ -154,3 +182,19 @@ def test_score_at_matched_kl_interpolates_and_never_extrapolates():
     assert benchstats.score_at_kl(kls, scores, 2.0) == pytest.approx(0.5)  # first crossing, between 1 and 3
     assert benchstats.score_at_kl(kls, scores, 6.0) is None
     assert benchstats.score_at_kl([1.0, 2.0], [0.1, 0.2], 0.5) is None  # starts above the level
+
+
+def test_results_run_side_by_side_merge_only_when_settings_match():
+    from tokengym.compare_report import merge_results
+
+    def part(runs, lr=1e-2):
+        return {"settings": {"lr": lr}, "commands": [f"bench {runs}"], "initial": {"gold_score": 0.1},
+                "best_of_n": None, "runs": [{"algo": a, "seed": s} for a, s in runs]}
+
+    merged = merge_results([part([("ppo", 0), ("ppo", 1)]), part([("rloo@0.02", 0)])])
+    assert [(r["algo"], r["seed"]) for r in merged["runs"]] == [("ppo", 0), ("ppo", 1), ("rloo@0.02", 0)]
+    assert len(merged["commands"]) == 2 and merged["initial"] == {"gold_score": 0.1}
+    with pytest.raises(ValueError, match="other settings .*lr"):
+        merge_results([part([("ppo", 0)]), part([("rloo", 0)], lr=0.5)])
+    with pytest.raises(ValueError, match="ppo seed 0 is in more than one"):
+        merge_results([part([("ppo", 0)]), part([("ppo", 0)])])

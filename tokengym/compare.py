@@ -75,15 +75,44 @@ def has_test_split(prompts: Any) -> bool:
     return any(it.get("split") == "test" for it in load_prompts(prompts, split=None).items)
 
 
+def parse_variant(entry: str) -> tuple[str, float | None]:
+    """``"rloo@2.4e-3"`` -> ``("rloo", 0.0024)``; ``"ppo"`` -> ``("ppo", None)`` (the run's --lr/--sb3-lr).
+
+    A variant is its own row of the tables: sweeping an algorithm's learning rate in one benchmark
+    traces its reward-KL frontier further than one setting can.
+    """
+    algo, _, lr = entry.partition("@")
+    if algo not in ALGOS:
+        raise ValueError(f"--algos: unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
+    if not lr:
+        return algo, None
+    if algo == "sb3-trpo":
+        raise ValueError(f"--algos: {entry!r}: sb3-trpo has no policy learning rate (its trust region sets the step)")
+    try:
+        value = float(lr)
+    except ValueError:
+        raise ValueError(f"--algos: {entry!r}: the learning rate after '@' must be a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"--algos: {entry!r}: the learning rate after '@' must be > 0")
+    return algo, value
+
+
+def variant_label(entry: str) -> str:
+    """The canonical row name of an ``--algos`` entry (``rloo@0.0024`` however the number was typed)."""
+    algo, lr = parse_variant(entry)
+    return algo if lr is None else f"{algo}@{lr:g}"
+
+
 def make_agent(algo: str, env: Any, model: Any, args: argparse.Namespace, seed: int) -> Any:
     from tokengym.agents import (
         A2CAgent, A2CConfig, GRPOAgent, GRPOConfig, PPOAgent, PPOConfig, ReinforceAgent, ReinforceConfig,
         RLOOAgent, RLOOConfig,
     )
 
+    algo, lr = parse_variant(algo)
     B = args.batch_size
     common = dict(
-        seed=seed, batch_size=B, learning_rate=args.lr, anneal_lr=False, kl_coef=args.kl_coef, adaptive_kl=False,
+        seed=seed, batch_size=B, learning_rate=args.lr if lr is None else lr, anneal_lr=False, kl_coef=args.kl_coef, adaptive_kl=False,
         sample_every=0, ent_coef=args.ent_coef, lora_r=args.lora_r, checkpoint_every=0, dtype=args.dtype,
     )
     if algo == "ppo":
@@ -157,6 +186,8 @@ def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: arg
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    algo, lr = parse_variant(algo)
+    sb3_lr = args.sb3_lr if lr is None else lr
     T = kwargs.get("max_new_tokens", 32)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     # batch_size envs stepped together: each SB3 update sees batch_size x T tokens, like a tokengym rollout.
@@ -165,7 +196,7 @@ def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: arg
     env = DummyVecEnv([lambda w=w: Monitor(w) for w in wrappers])
     n_steps = T  # per env
     if algo == "sb3-ppo":
-        sb3 = PPO(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=args.sb3_lr, n_steps=n_steps,
+        sb3 = PPO(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=sb3_lr, n_steps=n_steps,
                   batch_size=max(1, n_steps * args.batch_size // 2), n_epochs=4, gamma=1.0, gae_lambda=0.95,
                   clip_range=0.2, ent_coef=args.ent_coef, vf_coef=0.1, max_grad_norm=1.0, seed=seed, verbose=0, device="cpu")
     elif algo == "sb3-trpo":
@@ -185,7 +216,7 @@ def train_sb3(algo: str, model: Any, tok: Any, kwargs: dict[str, Any], args: arg
                    n_steps=n_steps, batch_size=min(128, n_steps * args.batch_size), gamma=1.0, seed=seed,
                    verbose=0, device="cpu")
     else:
-        sb3 = A2C(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=args.sb3_lr, n_steps=n_steps,
+        sb3 = A2C(LMActorCriticPolicy, env, policy_kwargs={"lm": model}, learning_rate=sb3_lr, n_steps=n_steps,
                   gamma=1.0, gae_lambda=1.0, ent_coef=args.ent_coef, vf_coef=0.5, max_grad_norm=1.0, seed=seed,
                   verbose=0, device="cpu")
     for w in wrappers:
@@ -283,7 +314,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algos", default="ppo,reinforce,a2c,rloo,grpo,sb3-ppo",
                    help=f"comma-separated, from {', '.join(ALGOS)} (sb3-a2c and sb3-trpo, sb3-contrib's TRPO, are "
                         "not in the default; sb3-trpo takes ~4x sb3-ppo's wall time on --model toy: each update "
-                        "solves for a natural-gradient step with double backwards through the LM)")
+                        "solves for a natural-gradient step with double backwards through the LM); ALGO@LR runs "
+                        "ALGO at learning rate LR instead of --lr/--sb3-lr, as its own row (e.g. "
+                        "ppo,rloo,rloo@2.4e-3: the one-step agents take one Adam step per rollout, PPO 8)")
     p.add_argument("--env", default=None,
                    help="a registered tokengym task (default: the main task, tokengym/PositiveReview-v1; "
                         "tokengym/PositiveReview-v0, paid by VADER, for --model toy/tiny)")
@@ -339,10 +372,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
         args.dtype = dtype_name(resolve_dtype(args.dtype, resolve_device("auto"), setting="--dtype"))
     except DeviceError as e:
         raise ValueError(str(e)) from None
-    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-    bad = [a for a in algos if a not in ALGOS]
-    if bad:
-        raise ValueError(f"--algos: unknown algorithm(s) {', '.join(bad)}; choose from {', '.join(ALGOS)}")
+    algos = [variant_label(a.strip()) for a in args.algos.split(",") if a.strip()]
     try:
         levels = [float(x) for x in args.kl_levels.split(",") if x.strip()]
     except ValueError:

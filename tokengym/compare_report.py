@@ -43,8 +43,12 @@ def _pm(values: list[float], digits: int = 3) -> str:
 
 
 def _algos(data: dict[str, Any]) -> list[str]:
-    algos = [a for a in ALGOS if any(r["algo"] == a for r in data["runs"])]
-    return algos + sorted({r["algo"] for r in data["runs"]} - set(algos))
+    """Row order: the algorithms in ALGOS order, each followed by its ``algo@lr`` variants (by lr)."""
+    def key(label: str) -> tuple[int, str, float]:
+        algo, _, lr = label.partition("@")
+        return (ALGOS.index(algo) if algo in ALGOS else len(ALGOS), algo, float(lr) if lr else 0.0)
+
+    return sorted({r["algo"] for r in data["runs"]}, key=key)
 
 
 def _heldout(run: dict[str, Any], initial: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -106,7 +110,8 @@ def write_markdown(data: dict[str, Any], path: Path, levels: list[float]) -> Non
         "Mean [95 % bootstrap confidence interval] over seeds; gold IQM = interquartile mean over seeds. "
         f"Same reward, fixed KL coefficient {s['kl_coef']}, learning rate {s['lr']} (tokengym agents, "
         f"{'LoRA r' + str(s['lora_r']) if s.get('lora_r') else 'full fine-tuning'}) and "
-        f"{s['sb3_lr']} (SB3 PPO/A2C, full fine-tuning; sb3-trpo's step is set by its trust region, target KL 0.01), batch {s['batch_size']} episodes (group size {s['group_size']} for "
+        f"{s['sb3_lr']} (SB3 PPO/A2C, full fine-tuning; sb3-trpo's step is set by its trust region, target KL 0.01); "
+        "a row named algo@lr ran at that learning rate instead; batch {s['batch_size']} episodes (group size {s['group_size']} for "
         f"rloo/grpo), entropy coefficient {s['ent_coef']}. Held-out scores: one sampled response to each of "
         f"{s['eval_prompts']} held-out prompts; KL = k1 estimate summed over response tokens (k3 in the JSON). "
         "Wall time and tokens/s: training only.", "",
@@ -180,6 +185,29 @@ def plot_curves(data: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results file from benchmarks of the same settings run side by side (one per core, each
+    with its own ``--name``). Different settings, or one (algorithm, seed) measured twice, are
+    refused: a table never mixes configurations or counts a seed twice."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+    merged = {**first, "commands": [], "runs": []}
+    for part in parts:
+        if part["settings"] != first["settings"]:
+            changed = sorted(k for k in {*part["settings"], *first["settings"]}
+                             if part["settings"].get(k) != first["settings"].get(k))
+            raise ValueError(f"cannot merge results of other settings ({', '.join(changed)} differ)")
+        for run in part["runs"]:
+            if any((r["algo"], r["seed"]) == (run["algo"], run["seed"]) for r in merged["runs"]):
+                raise ValueError(f"{run['algo']} seed {run['seed']} is in more than one of the files")
+            merged["runs"].append(run)
+        merged["commands"] += part.get("commands", [])
+        for key in ("initial", "best_of_n"):
+            merged[key] = merged.get(key) or part.get(key)
+    return merged
 
 
 def render(data: dict[str, Any], out: Path, name: str, levels: list[float]) -> None:
