@@ -145,6 +145,7 @@ def test_an_algo_at_lr_variant_trains_at_its_own_rate_as_its_own_row(tmp_path, m
     assert [r["algo"] for r in data["runs"]] == ["reinforce", "reinforce@0.025"]  # one canonical label
     md = (tmp_path / "algos.md").read_text()
     assert "| reinforce | 1 |" in md and "| reinforce@0.025 | 1 |" in md
+    assert "{" not in md.split("Produced by")[0]  # every caption field filled in
     # Rerun with the same variant typed another way: already measured, nothing trains.
     bench.run(parse(["--algos", "reinforce@0.025", *COMMON, "--seeds", "1", "--best-of-n", "0", "--out", str(tmp_path)]))
     assert len(rates) == 2
