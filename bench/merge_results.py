@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--kl-levels", default="1,2,4")
     args = ap.parse_args(argv)
+    try:
+        levels = [float(x) for x in args.kl_levels.split(",") if x.strip()]
+    except ValueError:
+        print(f"--kl-levels must be comma-separated numbers, got {args.kl_levels!r}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     if args.name in args.parts:
         print(f"--name: {args.name} is one of the parts", file=sys.stderr)
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parts: {e}", file=sys.stderr)
         return 2
     merged["commands"].append("python bench/merge_results.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    render(merged, out, args.name, [float(x) for x in args.kl_levels.split(",")])
+    render(merged, out, args.name, levels)
     print(f"merged {len(merged['runs'])} runs into {target}")
     return 0
 

@@ -20,6 +20,11 @@ ALGOS = ("ppo", "reinforce", "a2c", "rloo", "grpo", "sb3-ppo", "sb3-a2c", "sb3-t
 CURVE_KEYS = ("score", "gold_score", "kl")
 
 
+def changed_settings(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The names of the settings that differ between two results files, for the refusal message."""
+    return sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+
+
 def load_results(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The results file's runs when it holds the same settings (a resumed or extended benchmark);
     a file of other settings, or one tokengym did not write, is refused rather than mixed or replaced."""
@@ -31,7 +36,7 @@ def load_results(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(data, dict) or not {"settings", "runs"} <= data.keys():
             raise FileExistsError(f"--name: {path} exists and is not a tokengym bench result; choose another --name or --out")
         if data["settings"] != settings:
-            changed = sorted(k for k in {*settings, *data["settings"]} if settings.get(k) != data["settings"].get(k))
+            changed = changed_settings(settings, data["settings"])
             raise FileExistsError(f"--name: {path} holds runs of other settings ({', '.join(changed)} differ); "
                                   "choose another --name, or rerun with the same settings to continue it")
         return data
@@ -197,8 +202,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged = {**first, "commands": [], "runs": []}
     for part in parts:
         if part["settings"] != first["settings"]:
-            changed = sorted(k for k in {*part["settings"], *first["settings"]}
-                             if part["settings"].get(k) != first["settings"].get(k))
+            changed = changed_settings(part["settings"], first["settings"])
             raise ValueError(f"cannot merge results of other settings ({', '.join(changed)} differ)")
         for run in part["runs"]:
             if any((r["algo"], r["seed"]) == (run["algo"], run["seed"]) for r in merged["runs"]):
