@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import tempfile
 import time
@@ -57,6 +58,13 @@ def main() -> int:
     parser.add_argument("--candidates", default="4", help=f"candidates per prompt, comma-separated, each <= {len(TEMPERATURE_POOL)}")
     parser.add_argument("--epochs", default="1", help="reward-model epochs, comma-separated")
     parser.add_argument("--rm-dtypes", default="auto", help="reward-model training precisions: auto, fp32, bf16")
+    parser.add_argument("--lrs", default=None, help="reward-model learning rates, comma-separated (default: the recipe's)")
+    parser.add_argument("--rm-batch-sizes", default=None, help="judgements per reward-model step, comma-separated (default: the recipe's)")
+    parser.add_argument("--group", default="0", help="0, 1 or 0,1: whole prompts per batch, each response scored once")
+    parser.add_argument("--samples-cache", default=None, metavar="FILE",
+                        help="JSON file keeping the generated candidates and evaluation samples: read when it exists "
+                             "(and was made for the same number of candidates), written otherwise, so runs of other "
+                             "variants skip the generation")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="annotation_budget", help="results file name under bench/results")
     args = parser.parse_args()
@@ -65,8 +73,15 @@ def main() -> int:
         ks = [int(k) for k in args.candidates.split(",")]
         epochs = [float(e) for e in args.epochs.split(",")]
         dtypes = args.rm_dtypes.split(",")
+        lrs = None if args.lrs is None else [float(x) for x in args.lrs.split(",")]
+        bss = None if args.rm_batch_sizes is None else [int(x) for x in args.rm_batch_sizes.split(",")]
+        groups = [bool(int(g)) for g in args.group.split(",")]
     except ValueError as e:
-        parser.error(f"--budgets/--candidates/--epochs: {e}")
+        parser.error(f"--budgets/--candidates/--epochs/--lrs/--rm-batch-sizes/--group: {e}")
+    if lrs is not None and not all(x > 0 for x in lrs):
+        parser.error("--lrs: each a positive number")
+    if bss is not None and not all(x >= 1 for x in bss):
+        parser.error("--rm-batch-sizes: each a positive integer")
     if not all(2 <= k <= len(TEMPERATURE_POOL) for k in ks):
         parser.error(f"--candidates: each between 2 and {len(TEMPERATURE_POOL)}")
     if not set(dtypes) <= {"auto", "fp32", "bf16"}:
@@ -79,25 +94,42 @@ def main() -> int:
     from tokengym.models import load_causal_lm
     from tokengym.rewards.learned import LearnedReward
 
+    lrs = lrs or [DEFAULT_RECIPE.lr]
+    bss = bss or [DEFAULT_RECIPE.rm_batch_size]
+
     t0 = time.time()
-    tok, model = load_causal_lm(DEFAULT_RECIPE.policy)
-    progress(f"{max(ks)} candidates of each train prompt (shared by every variant) ...")
-    pool = replace(DEFAULT_RECIPE, temperatures=TEMPERATURE_POOL[:max(ks)])
-    all_rows = generate_candidates(pool, tok, model)
-    n_prompts = len(all_rows) // max(ks)
-    progress("independent evaluation samples of the test prompts ...")
-    eval_rows = generate_candidates(replace(DEFAULT_RECIPE, split="test", seed=DEFAULT_RECIPE.seed + 101,
-                                            temperatures=EVAL_TEMPERATURES), tok, model)
+    cache = Path(args.samples_cache) if args.samples_cache else None
+    cached = json.loads(cache.read_text()) if cache is not None and cache.is_file() else None
+    if cached is not None and cached.get("candidates_per_prompt", 0) >= max(ks):
+        progress(f"candidates and evaluation samples read from {cache}")
+        kc = cached["candidates_per_prompt"]
+        n_prompts = len(cached["candidates"]) // kc
+        all_rows = [tuple(r) for r in cached["candidates"][: max(ks) * n_prompts]]
+        eval_rows = [tuple(r) for r in cached["eval"]]
+    else:
+        tok, model = load_causal_lm(DEFAULT_RECIPE.policy)
+        progress(f"{max(ks)} candidates of each train prompt (shared by every variant) ...")
+        pool = replace(DEFAULT_RECIPE, temperatures=TEMPERATURE_POOL[:max(ks)])
+        all_rows = generate_candidates(pool, tok, model)
+        n_prompts = len(all_rows) // max(ks)
+        progress("independent evaluation samples of the test prompts ...")
+        eval_rows = generate_candidates(replace(DEFAULT_RECIPE, split="test", seed=DEFAULT_RECIPE.seed + 101,
+                                                temperatures=EVAL_TEMPERATURES), tok, model)
+        if cache is not None:
+            tmp_cache = cache.with_suffix(".partial")
+            tmp_cache.write_text(json.dumps({"candidates_per_prompt": max(ks), "candidates": all_rows, "eval": eval_rows}))
+            tmp_cache.replace(cache)  # atomic: a killed run leaves no half-written cache
     judge = resolve_judge(DEFAULT_RECIPE.gold)
     pairs = gold_pairs(eval_rows, judge)
     progress(f"{len(eval_rows)} evaluation samples, {len(pairs)} pairs with a gold preference")
     results = []
     with tempfile.TemporaryDirectory(prefix="tokengym-budget-") as tmp:
-        for k, ep, n, dt in itertools.product(ks, epochs, budgets, dtypes):
-            recipe = replace(DEFAULT_RECIPE, temperatures=TEMPERATURE_POOL[:k], max_comparisons=n, epochs=ep, dtype=dt)
+        for k, ep, n, dt, lr, bs, grp in itertools.product(ks, epochs, budgets, dtypes, lrs, bss, groups):
+            recipe = replace(DEFAULT_RECIPE, temperatures=TEMPERATURE_POOL[:k], max_comparisons=n, epochs=ep, dtype=dt,
+                             lr=lr, rm_batch_size=bs, group_by_prompt=grp)
             rows = all_rows[: k * n_prompts]  # generated temperature by temperature: the first k of each prompt
             t1 = time.time()
-            out = Path(tmp) / f"rm{k}-{ep}-{n}-{dt}"
+            out = Path(tmp) / f"rm{k}-{ep}-{n}-{dt}-{lr}-{bs}-{int(grp)}"
             info = build_reward_model(out, recipe, candidates=rows, log=None, progress=False)
             rm = LearnedReward(out)
             scores = rm([r[0] for r in eval_rows], [r[1] for r in eval_rows])
@@ -105,17 +137,21 @@ def main() -> int:
             acc = float(correct.mean())
             dt_used = dtype_name(resolve_dtype(dt, "cpu"))
             results.append({"candidates_per_prompt": k, "epochs": ep, "rm_dtype": dt_used, "comparisons": info["comparisons"],
+                            "lr": lr, "rm_batch_size": bs, "group_by_prompt": grp,
                             "test_gold_accuracy": acc, "test_gold_accuracy_se": float(correct.std() / np.sqrt(len(correct))),
                             "build_heldout_gold_accuracy": info["heldout_gold_accuracy"],
                             "train_s": round(time.time() - t1, 1)})
-            progress(f"K={k} epochs={ep:g} {dt_used} {info['comparisons']} comparisons: accuracy vs gold on the test samples "
+            progress(f"K={k} epochs={ep:g} {dt_used} lr={lr:g} batch={bs} grouped={grp} {info['comparisons']} comparisons: "
+                     f"accuracy vs gold on the test samples "
                      f"{acc:.3f}")
-    rows_md = [[r["candidates_per_prompt"], f"{r['epochs']:g}", r["rm_dtype"], r["comparisons"],
+    rows_md = [[r["candidates_per_prompt"], f"{r['epochs']:g}", r["rm_dtype"], f"{r['lr']:g}", r["rm_batch_size"],
+                "yes" if r["group_by_prompt"] else "no", r["comparisons"],
                 f"{r['test_gold_accuracy']:.3f} ± {r['test_gold_accuracy_se']:.3f}",
                 f"{r['build_heldout_gold_accuracy']:.3f}", r["train_s"]] for r in results]
     md = [
         "### Annotation budget: reward-model accuracy against the gold judge (`tokengym/PositiveReview-v1`)", "",
-        md_table(["candidates per prompt", "epochs", "RM training dtype", "simulated comparisons",
+        md_table(["candidates per prompt", "epochs", "RM training dtype", "lr", "batch (judgements)",
+                  "whole prompts per batch", "simulated comparisons",
                   "pairwise accuracy vs gold, test prompts (± s.e.)", "same, the build's held-out train prompts",
                   "label + train s"], rows_md), "",
         f"* Evaluation: {len(eval_rows)} fresh reference samples of the {len(eval_rows) // len(EVAL_TEMPERATURES)} "

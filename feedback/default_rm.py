@@ -62,6 +62,8 @@ class RewardModelRecipe:
     # The reward model's training precision (``RMConfig.dtype``): "auto" is bf16 autocast where the
     # CPU runs it fast, fp32 elsewhere.
     dtype: str = "auto"
+    # Whole prompts per reward-model batch, each distinct response scored once (``RMConfig.group_by_prompt``).
+    group_by_prompt: bool = False
 
     def key(self) -> str:
         fields = asdict(self)
@@ -70,6 +72,8 @@ class RewardModelRecipe:
             del fields["max_comparisons"]
         if fields["dtype"] == "auto":
             del fields["dtype"]
+        if not fields["group_by_prompt"]:
+            del fields["group_by_prompt"]
         text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -181,7 +185,7 @@ def build_reward_model(out: str | os.PathLike, recipe: RewardModelRecipe = DEFAU
         rm_cfg = RMConfig(epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.rm_batch_size,
                           max_length=recipe.max_length, heldout_fraction=recipe.heldout_fraction,
                           reference_round=0, kinds=("compare",), dtype=recipe.dtype,
-                          seed=recipe.seed)
+                          group_by_prompt=recipe.group_by_prompt, seed=recipe.seed)
         if log:
             log(f"reward model: {len(rows)} candidates in {t_gen:.0f} s, {n_labels} simulated comparisons; training ...")
         model_dir = Path(work) / "model"

@@ -77,6 +77,12 @@ class RMConfig:
     heldout_fraction: float = 0.1  # of prompts
     reference_round: int | None = 0  # candidates whose scores set mean/std; None = all candidates
     dropout: bool = False  # off by default: with ~one epoch of data it mostly slows learning
+    # True: a batch is made of whole prompts (every judgement of a prompt in the same step, up to
+    # ``batch_size`` judgements, at least one prompt), and each distinct response is scored once in it.
+    # With K candidates a prompt has up to C(K,2) pairs but only K responses, so this costs K forwards
+    # instead of K(K-1), and each response gets one combined gradient per epoch instead of K-1 separate
+    # ones in different steps (which overfits a response seen many times).
+    group_by_prompt: bool = False
     # "auto": bf16 autocast for the training forwards where the CPU runs bf16 fast (AMX/AVX512-BF16,
     # measured once per machine) and fp32 elsewhere; the weights, AdamW and the loss stay fp32, and
     # scoring (accuracy, normalisation, later the reward itself) is always fp32.
@@ -248,30 +254,49 @@ class RewardModelTrainer:
         return reward_logits(self.model, batch)
 
     def batch_loss(self, items: Sequence[Item]) -> torch.Tensor:
-        """Mean loss of the items, every text of the batch encoded in one forward pass."""
-        prompts, responses, spans = [], [], []
+        """Mean loss of the items, every distinct ``(prompt, response)`` of the batch scored once in one
+        forward pass (a response in several pairs of the batch shares its score and its gradient)."""
+        index: dict[tuple[str, str], int] = {}
+        rows = []  # per item, the indices of its texts in the forward batch
         for it in items:
             texts = ((it.chosen, it.rejected) if isinstance(it, PairItem)
                      else it.responses if isinstance(it, RankItem) else (it.response,))
-            spans.append((len(responses), len(responses) + len(texts)))
-            prompts += [it.prompt] * len(texts)
-            responses += list(texts)
+            rows.append(torch.tensor([index.setdefault((it.prompt, t), len(index)) for t in texts]))
         from tokengym.agents.rollout import autocast_context
 
         with autocast_context("cpu", self.autocast_dtype):
-            r = self.rewards(prompts, responses)
+            r = self.rewards([p for p, _ in index], [t for _, t in index])
         r = r.float()  # the loss in fp32 whatever the forward's precision
         losses = []
-        for it, (s, e) in zip(items, spans):
+        for it, idx in zip(items, rows):
+            ri = r[idx]
             if isinstance(it, PairItem):
-                losses.append(pairwise_loss(r[s:s + 1], r[s + 1:e], self.config.margin))
+                losses.append(pairwise_loss(ri[:1], ri[1:], self.config.margin))
             elif isinstance(it, RankItem) and self.config.ranking_loss == "kwise":
-                losses.append(kwise_loss(r[s:e], self.config.margin))
+                losses.append(kwise_loss(ri, self.config.margin))
             elif isinstance(it, RankItem):
-                losses.append(best_of_n_loss(r[s:e], 0))
+                losses.append(best_of_n_loss(ri, 0))
             else:
-                losses.append(pointwise_loss(r[s:e], torch.tensor([it.target], dtype=r.dtype)))
+                losses.append(pointwise_loss(ri, torch.tensor([it.target], dtype=r.dtype)))
         return torch.stack(losses).mean()
+
+    def epoch_batches(self, items: Sequence[Item], rng: np.random.Generator) -> list[list[int]]:
+        """One epoch of shuffled batches of item indices (whole prompts per batch with ``group_by_prompt``)."""
+        bs = self.config.batch_size
+        if not self.config.group_by_prompt:
+            order = rng.permutation(len(items)).tolist()
+            return [order[i:i + bs] for i in range(0, len(order), bs)]
+        groups: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(it.prompt, []).append(i)
+        members = list(groups.values())
+        batches: list[list[int]] = [[]]
+        for g in rng.permutation(len(members)).tolist():
+            group = members[g]
+            if batches[-1] and len(batches[-1]) + len(group) > bs:
+                batches.append([])
+            batches[-1] += group
+        return batches
 
     def fit(self, items: Sequence[Item], log: Callable[[str], None] | None = None) -> list[float]:
         """About ``epochs`` passes over shuffled items; LR decays linearly to 0. Returns step losses."""
@@ -279,8 +304,8 @@ class RewardModelTrainer:
         if not items:
             raise FeedbackError("no training judgements (ties alone carry no preference)")
         rng = np.random.default_rng(cfg.seed)
-        steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
-        total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        batches = self.epoch_batches(items, rng)
+        total = max(1, math.ceil(cfg.epochs * len(batches)))
         # Under torchrun every rank starts from rank 0's weights and trains on its share
         # of each global batch of ``batch_size`` judgements; gradients are averaged over ranks.
         dist.broadcast_module(self.model)
@@ -289,12 +314,10 @@ class RewardModelTrainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
         losses: list[float] = []
         self.model.train(cfg.dropout)  # BERT-like encoders differ between modes only by dropout
-        order: list[int] = []
         for step in range(total):
-            if not order:
-                order = rng.permutation(len(items)).tolist()
-            batch = [items[i] for i in order[: cfg.batch_size]]
-            del order[: cfg.batch_size]
+            if not batches:
+                batches = self.epoch_batches(items, rng)
+            batch = [items[i] for i in batches.pop(0)]
             shard = batch[rank::world]  # weighted so the ranks' mean is the batch mean
             loss = self.batch_loss(shard) * (len(shard) * world / len(batch)) if shard else None
             opt.zero_grad()

@@ -147,3 +147,40 @@ def test_rm_dtype_is_checked_and_auto_follows_the_pin() -> None:
     tok, model = tiny_bert()
     # tests/conftest.py pins "auto" to fp32, so the suite's numbers do not depend on the CPU
     assert RewardModelTrainer(tok, model, RMConfig()).autocast_dtype is None
+
+
+def test_grouped_batches_keep_prompts_whole_and_score_each_response_once(tmp_path: Path) -> None:
+    """group_by_prompt: every judgement of a prompt lands in one step, each distinct response is one
+    forward row, and the loss equals scoring every pair separately (the shared rows change nothing)."""
+    from tokengym.feedback.rm_training import PairItem, comparison_pairs, store_items
+
+    store = synthetic_store(tmp_path / "fb.sqlite", n_prompts=10, k=5)
+    sim = LabelSimulator(store, synthetic_judge, seed=0)
+    sim.label_pairs([SimulatedAnnotator("sim", accuracy=0.9)], sim.sample_pairs(100))  # all C(5,2) of 10 prompts
+    items = [it for _, it in store_items(store, ("compare",))]
+    tok, net = tiny_bert()
+    trainer = RewardModelTrainer(tok, net, RMConfig(batch_size=25, max_length=24, group_by_prompt=True, dtype="fp32"))
+    batches = trainer.epoch_batches(items, np.random.default_rng(0))
+    assert sorted(i for b in batches for i in b) == list(range(len(items)))  # each judgement once
+    owner = {}
+    for n, b in enumerate(batches):
+        assert len(b) <= 25
+        for i in b:
+            assert owner.setdefault(items[i].prompt, n) == n  # a prompt never spans two steps
+
+    rows = []
+    real = trainer.rewards
+    trainer.rewards = lambda p, r: rows.append(len(p)) or real(p, r)
+    batch = [items[i] for i in batches[0]]
+    grouped = trainer.batch_loss(batch)
+    distinct = {(it.prompt, t) for it in batch for t in (it.chosen, it.rejected)}
+    assert rows == [len(distinct)] and len(distinct) < 2 * len(batch)
+    trainer.rewards = real
+    separate = torch.stack([trainer.batch_loss([it]) for it in batch]).mean()
+    torch.testing.assert_close(grouped, separate)
+    assert all(isinstance(p, PairItem) for p in comparison_pairs(batch))
+
+    # Without grouping, batches are plain shuffled slices of batch_size judgements.
+    flat = RewardModelTrainer(tok, net, RMConfig(batch_size=25, max_length=24, dtype="fp32"))
+    plain = flat.epoch_batches(items, np.random.default_rng(0))
+    assert [len(b) for b in plain] == [25, 25, 25, 25]
