@@ -52,6 +52,12 @@ TEMPERATURE_POOL = (1.0, 1.0, 0.7, 1.3, 1.0, 1.0, 0.7, 1.3)
 EVAL_TEMPERATURES = (1.0, 1.0, 0.7, 1.3, 1.0, 1.0, 0.7, 1.3)
 
 
+def zero_or_one(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(f"each 0 or 1, got {text!r}")
+    return text == "1"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="250,500,1000,all", help="comparisons per variant; 'all' = every pair")
@@ -68,16 +74,22 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="annotation_budget", help="results file name under bench/results")
     args = parser.parse_args()
-    try:
-        budgets = [None if b == "all" else int(b) for b in args.budgets.split(",")]
-        ks = [int(k) for k in args.candidates.split(",")]
-        epochs = [float(e) for e in args.epochs.split(",")]
-        dtypes = args.rm_dtypes.split(",")
-        lrs = None if args.lrs is None else [float(x) for x in args.lrs.split(",")]
-        bss = None if args.rm_batch_sizes is None else [int(x) for x in args.rm_batch_sizes.split(",")]
-        groups = [bool(int(g)) for g in args.group.split(",")]
-    except ValueError as e:
-        parser.error(f"--budgets/--candidates/--epochs/--lrs/--rm-batch-sizes/--group: {e}")
+
+    def parse_list(flag: str, text: str | None, convert):
+        if text is None:
+            return None
+        try:
+            return [convert(x) for x in text.split(",")]
+        except ValueError as e:
+            parser.error(f"{flag}: {e}")
+
+    budgets = parse_list("--budgets", args.budgets, lambda b: None if b == "all" else int(b))
+    ks = parse_list("--candidates", args.candidates, int)
+    epochs = parse_list("--epochs", args.epochs, float)
+    dtypes = args.rm_dtypes.split(",")
+    lrs = parse_list("--lrs", args.lrs, float)
+    bss = parse_list("--rm-batch-sizes", args.rm_batch_sizes, int)
+    groups = parse_list("--group", args.group, zero_or_one)
     if lrs is not None and not all(x > 0 for x in lrs):
         parser.error("--lrs: each a positive number")
     if bss is not None and not all(x >= 1 for x in bss):

@@ -3,15 +3,15 @@
 The recipe is what a small human-feedback project does, with simulated annotators standing in for
 people, so that a user sees RLHF with a *learned* proxy and an independent gold judge offline:
 
-1. **candidates**: the reference policy (SmolLM2) continues every train prompt of the task several
-   times, at temperatures 1.0, 1.0, 0.7 and 1.3, so the pairs span both typical samples and the
-   tails the policy may drift into;
+1. **candidates**: the reference policy (SmolLM2) continues every train prompt of the task 8
+   times, at temperatures 1.0, 1.0, 0.7 and 1.3 twice over, so the pairs span both typical samples
+   and the tails the policy may drift into;
 2. **labels**: every within-prompt pair is compared once by a simulated annotator whose utility is
    the gold judge (VADER compound sentiment) seen through Bradley-Terry noise, calibrated so that it
    agrees with the gold judge on 90 % of the labelled pairs;
 3. **reward model**: all-MiniLM-L6-v2 with a scalar head on the (prompt, response) text pair,
-   trained with the pairwise Bradley-Terry loss (held-out prompts measure its accuracy against the
-   gold judge) and normalised to mean 0, std 1 on the temperature-1 samples of the reference policy.
+   trained with the pairwise Bradley-Terry loss, whole prompts per batch with each response scored
+   once (held-out prompts measure its accuracy against the gold judge) and normalised to mean 0, std 1 on the temperature-1 samples of the reference policy.
 
 The gold judge is never paid during RL: the task optimises this model and reports VADER beside it,
 so over-optimisation of the proxy shows as the two scores parting ways.
@@ -45,14 +45,20 @@ class RewardModelRecipe:
     prompts: str = "movie_reviews"
     split: str = "train"
     max_prompts: int | None = None  # None: every prompt of the split (tests use a few)
-    temperatures: tuple[float, ...] = (1.0, 1.0, 0.7, 1.3)
+    # 8 continuations per prompt (28 within-prompt pairs): measured against 4 (6 pairs) and 6 (15) on an
+    # independent set of test-prompt samples, accuracy vs gold 0.75 -> 0.79 -> 0.80 (annotation_budget_grouped.md).
+    temperatures: tuple[float, ...] = (1.0, 1.0, 0.7, 1.3, 1.0, 1.0, 0.7, 1.3)
     max_new_tokens: int = 24  # the task's response length, so the model is trained on what it will score
     max_prompt_tokens: int = 32
     annotator_accuracy: float = 0.9
     gold: str = "vader"
-    epochs: float = 1.0  # about one epoch, the learning rate annealed to 0: small label sets overfit fast
+    # 4 epochs, the learning rate annealed to 0. Pairs trained one by one overfit after about one epoch
+    # (each response is then seen in K-1 separate steps per epoch); with whole prompts per batch
+    # (group_by_prompt) a response gets one combined gradient per epoch, and accuracy on fresh samples
+    # rose from 1 to 4 epochs (0.774, 0.798, 0.798, 0.802 with 8 candidates); 6e-4 instead of 3e-4 lost it.
+    epochs: float = 4.0
     lr: float = 3e-4
-    rm_batch_size: int = 32
+    rm_batch_size: int = 128  # judgements per step: about 4 whole prompts of 28 pairs
     max_length: int = 64
     heldout_fraction: float = 0.1
     seed: int = 0
@@ -63,7 +69,7 @@ class RewardModelRecipe:
     # CPU runs it fast, fp32 elsewhere.
     dtype: str = "auto"
     # Whole prompts per reward-model batch, each distinct response scored once (``RMConfig.group_by_prompt``).
-    group_by_prompt: bool = False
+    group_by_prompt: bool = True
 
     def key(self) -> str:
         fields = asdict(self)

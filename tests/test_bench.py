@@ -199,3 +199,19 @@ def test_results_run_side_by_side_merge_only_when_settings_match():
         merge_results([part([("ppo", 0)]), part([("rloo", 0)], lr=0.5)])
     with pytest.raises(ValueError, match="ppo seed 0 is in more than one"):
         merge_results([part([("ppo", 0)]), part([("ppo", 0)])])
+
+
+@pytest.mark.parametrize("flag", [["--lrs", "-1"], ["--lrs", "x"], ["--rm-batch-sizes", "0"], ["--group", "yes"],
+                                  ["--candidates", "9"]])
+def test_annotation_budget_refuses_bad_flags_before_any_work(tmp_path, flag):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "annotation_budget.py"
+    cache = tmp_path / "samples.json"
+    proc = subprocess.run([sys.executable, str(script), *flag, "--samples-cache", str(cache), "--name", "t"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert flag[0] in proc.stderr.splitlines()[-1]
+    assert not cache.exists() and list(tmp_path.iterdir()) == []
