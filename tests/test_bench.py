@@ -197,6 +197,17 @@ def test_results_run_side_by_side_merge_only_when_settings_match():
     assert len(merged["commands"]) == 2 and merged["initial"] == {"gold_score": 0.1}
     with pytest.raises(ValueError, match="other settings .*lr"):
         merge_results([part([("ppo", 0)]), part([("rloo", 0)], lr=0.5)])
+    # One part may measure the best-of-n baseline while the others skip it; different n are refused.
+    with_bon = part([("rloo", 0)])
+    with_bon["settings"]["best_of_n"], with_bon["best_of_n"] = 16, {"n": [1, 16]}
+    skip = part([("ppo", 0)])
+    skip["settings"]["best_of_n"] = 0
+    merged = merge_results([skip, with_bon])
+    assert merged["settings"]["best_of_n"] == 16 and merged["best_of_n"] == {"n": [1, 16]}
+    other = part([("ppo", 1)])
+    other["settings"]["best_of_n"] = 8
+    with pytest.raises(ValueError, match="different best-of-n"):
+        merge_results([with_bon, other])
     with pytest.raises(ValueError, match="ppo seed 0 is in more than one"):
         merge_results([part([("ppo", 0)]), part([("ppo", 0)])])
 

@@ -198,11 +198,17 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     refused: a table never mixes configurations or counts a seed twice."""
     if not parts:
         raise ValueError("nothing to merge")
+    # The best-of-n baseline does not change how any run trains, so one part may measure it while the
+    # parts running beside it skip it (--best-of-n 0); two parts measuring different n are refused.
+    ns = {p["settings"].get("best_of_n", 0) for p in parts} - {0}
+    if len(ns) > 1:
+        raise ValueError(f"cannot merge results with different best-of-n baselines ({', '.join(map(str, sorted(ns)))})")
+    plain = lambda settings: {k: v for k, v in settings.items() if k != "best_of_n"}  # noqa: E731
     first = parts[0]
-    merged = {**first, "commands": [], "runs": []}
+    merged = {**first, "settings": {**first["settings"], "best_of_n": max(ns, default=0)}, "commands": [], "runs": []}
     for part in parts:
-        if part["settings"] != first["settings"]:
-            changed = changed_settings(part["settings"], first["settings"])
+        if plain(part["settings"]) != plain(first["settings"]):
+            changed = changed_settings(plain(part["settings"]), plain(first["settings"]))
             raise ValueError(f"cannot merge results of other settings ({', '.join(changed)} differ)")
         for run in part["runs"]:
             if any((r["algo"], r["seed"]) == (run["algo"], run["seed"]) for r in merged["runs"]):
