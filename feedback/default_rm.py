@@ -11,7 +11,8 @@ people, so that a user sees RLHF with a *learned* proxy and an independent gold 
    agrees with the gold judge on 90 % of the labelled pairs;
 3. **reward model**: all-MiniLM-L6-v2 with a scalar head on the (prompt, response) text pair,
    trained with the pairwise Bradley-Terry loss, whole prompts per batch with each response scored
-   once (held-out prompts measure its accuracy against the gold judge) and normalised to mean 0, std 1 on the temperature-1 samples of the reference policy.
+   once (held-out prompts measure its accuracy against the gold judge), and normalised to mean 0,
+   std 1 on the temperature-1 samples of the reference policy.
 
 The gold judge is never paid during RL: the task optimises this model and reports VADER beside it,
 so over-optimisation of the proxy shows as the two scores parting ways.

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,10 +218,6 @@ def test_results_run_side_by_side_merge_only_when_settings_match():
 @pytest.mark.parametrize("flag", [["--lrs", "-1"], ["--lrs", "x"], ["--rm-batch-sizes", "0"], ["--group", "yes"],
                                   ["--candidates", "9"]])
 def test_annotation_budget_refuses_bad_flags_before_any_work(tmp_path, flag):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[1] / "bench" / "annotation_budget.py"
     cache = tmp_path / "samples.json"
     proc = subprocess.run([sys.executable, str(script), *flag, "--samples-cache", str(cache), "--name", "t"],

@@ -203,12 +203,15 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     ns = {p["settings"].get("best_of_n", 0) for p in parts} - {0}
     if len(ns) > 1:
         raise ValueError(f"cannot merge results with different best-of-n baselines ({', '.join(map(str, sorted(ns)))})")
-    plain = lambda settings: {k: v for k, v in settings.items() if k != "best_of_n"}  # noqa: E731
+    def training_settings(part: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in part["settings"].items() if k != "best_of_n"}
+
     first = parts[0]
+    base = training_settings(first)
     merged = {**first, "settings": {**first["settings"], "best_of_n": max(ns, default=0)}, "commands": [], "runs": []}
     for part in parts:
-        if plain(part["settings"]) != plain(first["settings"]):
-            changed = changed_settings(plain(part["settings"]), plain(first["settings"]))
+        if (settings := training_settings(part)) != base:
+            changed = changed_settings(settings, base)
             raise ValueError(f"cannot merge results of other settings ({', '.join(changed)} differ)")
         for run in part["runs"]:
             if any((r["algo"], r["seed"]) == (run["algo"], run["seed"]) for r in merged["runs"]):
