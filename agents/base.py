@@ -164,6 +164,7 @@ class OnPolicyAgent(UpdateLoop, ABC):
         self.score_moments = [0.0, 0.0, 0.0]  # count, mean, M2 (Welford) for score scaling
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
+        self.stopped_at_kl: float | None = None  # the rollout KL that ended the run under ``kl_stop``
         self.run_dir = Path(run_dir) if run_dir else None
         self.logger = MetricsLogger(run_dir, enabled=self.rank == 0)
         # Optional prompt schedule (e.g. ``agents.aids.CurriculumScheduler``), called before each rollout
@@ -189,10 +190,14 @@ class OnPolicyAgent(UpdateLoop, ABC):
         """
         self.total_iterations = max(self.total_iterations or 0, iterations)
         bar = tqdm(total=iterations, initial=self.iteration, desc=type(self).__name__.removesuffix("Agent"), disable=not progress or self.rank != 0)
-        while self.iteration < iterations:
+        while self.iteration < iterations and self.stopped_at_kl is None:
             metrics = self.step()
             bar.update(1)
             bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}", beta=f"{metrics['beta']:.3f}")
+            if self.config.kl_stop is not None and metrics["kl"] >= self.config.kl_stop:
+                # The budget is spent: one more update would carry the policy further past it.
+                # Kept in the checkpoint, so a resumed run stops here too instead of going on.
+                self.stopped_at_kl = metrics["kl"]
             if callback is not None:
                 callback(self.iteration, metrics)
             every = self.config.checkpoint_every

@@ -89,6 +89,7 @@ def save_checkpoint(agent: OnPolicyAgent, path: str | Path) -> None:
             # The streak counts skipped minibatches in a row: a resume must not forget two
             # skips just before the save and let a third bad one pass as the first.
             "nonfinite_streak": agent.nonfinite_streak,
+            "stopped_at_kl": agent.stopped_at_kl,
             # A full fine-tuning checkpoint holds the policy but not the reference (a copy of the
             # model given to the agent): the fingerprint lets a resume check it got the same one.
             "reference_fingerprint": agent.ac.reference_fingerprint(),
@@ -174,6 +175,7 @@ def load_checkpoint(agent: OnPolicyAgent, path: str | Path) -> None:
     agent.score_moments = state["score_moments"]
     agent.nonfinite_total = state["nonfinite_total"]
     agent.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+    agent.stopped_at_kl = state.get("stopped_at_kl")
     agent._load_rng_extra(state.get("rng_extra", {}))
     agent._load_extra_state(state.get("agent_state", {}))
     _load_rank_rng(agent, path, state)

@@ -52,6 +52,12 @@ class OnPolicyConfig:
     adaptive_kl: bool = True  # beta follows the KL (Ziegler et al., 2019); False keeps it fixed
     kl_target: float = 3.0
     kl_horizon: int = 32
+    # The KL budget as a stopping rule: the run ends after the first iteration whose rollout KL (per
+    # response, summed over its tokens, mean over the batch; the number the controller sees) reaches it.
+    # Seeds drift away from the reference at different speeds, and the drift accelerates late in a
+    # run, so a fixed iteration count lands the final KL anywhere in a wide range; stopping on the KL
+    # itself spends the same budget on every seed, with ``iterations`` as the cap. None = no stop.
+    kl_stop: float | None = None
     kl_estimator: Literal["k1", "k3"] = "k1"  # per-token KL in the reward: k1 unbiased, k3 never negative
     whiten_rewards: bool = False  # unit variance of the per-token rewards, mean kept
     whiten_advantages: bool = True  # zero mean, unit variance over the batch's response tokens
@@ -118,7 +124,7 @@ class OnPolicyConfig:
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}")
         if self.missing_eos_penalty is not None:
             check_number(self, "missing_eos_penalty")
-        for name in ("score_clip", "target_kl"):
+        for name in ("score_clip", "target_kl", "kl_stop"):
             if getattr(self, name) is not None:
                 check_number(self, name, low=0, low_open=True)
         if self.ratio_threshold is not None:  # the mean ratio starts at 1: a threshold <= 1 skips healthy steps

@@ -70,15 +70,15 @@ def main() -> int:
         ok = {k: bool(check(b, a)) for k, (_, check) in TARGETS.items()}
         rows.append([seed, b["gold_score"], a["gold_score"], a["gold_score"] - b["gold_score"], a["proxy_score"],
                      a["kl_to_reference"], b["reference_perplexity"], a["reference_perplexity"],
-                     b["distinct_2"], a["distinct_2"], report["wall_time_s"],
+                     b["distinct_2"], a["distinct_2"], report["iterations"], report["wall_time_s"],
                      " ".join(name for k, (name, _) in TARGETS.items() if not ok[k]) or "all met"])
         print(f"seed {seed}: {rows[-1]}", flush=True)
     cols = list(zip(*rows))
-    stats = [["mean"] + [sum(c) / len(c) for c in cols[1:11]] + [""],
-             ["min"] + [min(c) for c in cols[1:11]] + [""],
-             ["max"] + [max(c) for c in cols[1:11]] + [""]]
+    stats = [["mean"] + [sum(c) / len(c) for c in cols[1:12]] + [""],
+             ["min"] + [min(c) for c in cols[1:12]] + [""],
+             ["max"] + [max(c) for c in cols[1:12]] + [""]]
     headers = ["seed", "gold before", "gold after", "gold gain", "proxy after", "KL after", "ppl before",
-               "ppl after", "distinct-2 before", "distinct-2 after", "wall s", "targets missed"]
+               "ppl after", "distinct-2 before", "distinct-2 after", "iterations", "wall s", "targets missed"]
     info = machine_info()
     md = "\n".join([
         "### Main job on several seeds (`tokengym train`, "

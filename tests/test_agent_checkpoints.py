@@ -154,3 +154,22 @@ def test_the_fingerprint_sees_one_changed_bit_and_nothing_else() -> None:
     assert tensors_fingerprint(bumped.items()) != fp
     assert tensors_fingerprint({**w, "a": w["a"].reshape(4, 3)}.items()) != fp  # same bytes, another shape
     assert tensors_fingerprint({**w, "renamed": w.pop("a")}.items()) != fp
+
+
+def test_kl_stop_ends_the_run_at_the_first_rollout_over_the_budget_and_a_resume_stays_stopped(toy_tok, tmp_path) -> None:
+    budget = 1e-3  # tiny against what lr 1e-2 on a 1-layer model does within 12 iterations
+    agent = PPOAgent(toy_env(toy_tok), model(toy_tok), cfg(kl_stop=budget))
+    rows = agent.learn(12, progress=False)
+    kls = [r["kl"] for r in rows]
+    assert agent.stopped_at_kl is not None and agent.iteration < 12  # it stopped early: the test is not vacuous
+    # The first rollout at or over the budget is the last one trained on; every earlier one was under it.
+    assert kls[-1] == agent.stopped_at_kl >= budget
+    assert all(k < budget for k in kls[:-1])
+    agent.save_checkpoint(tmp_path / "ck")
+    again = PPOAgent(toy_env(toy_tok), model(toy_tok), cfg(kl_stop=budget))
+    again.load_checkpoint(tmp_path / "ck")
+    again.learn(12, progress=False)
+    assert again.iteration == agent.iteration  # the resumed run does not train past the spent budget
+    unstopped = PPOAgent(toy_env(toy_tok), model(toy_tok), cfg())
+    unstopped.learn(len(kls) + 1, progress=False)
+    assert unstopped.iteration == len(kls) + 1 and unstopped.stopped_at_kl is None

@@ -228,7 +228,8 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
         # The evaluation samples with its own generator on the test env, so the training run's random
         # streams (and hence its numbers) are the same with or without it.
-        if cfg.eval_every and iteration % cfg.eval_every == 0 and iteration < cfg.iterations and dist.rank() == 0:
+        if (cfg.eval_every and iteration % cfg.eval_every == 0 and iteration < cfg.iterations
+                and agent.stopped_at_kl is None and dist.rank() == 0):  # the last iteration's evaluation follows
             heldout.append({"iteration": iteration, **evaluate()[0]})
             atomic_write_text(heldout_path, "".join(json.dumps(r) + "\n" for r in heldout))
 
@@ -245,7 +246,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     report = json.loads(report_path.read_text())
     # The device and precision the agent resolved ppo.device / ppo.dtype ("auto") to, with the machine.
     report.update({"after": after, "after_samples": after_samples[:8], "wall_time_s": wall,
-                   "iterations": agent.iteration, "torch_threads": torch.get_num_threads(),
+                   "iterations": agent.iteration, "stopped_at_kl": agent.stopped_at_kl, "torch_threads": torch.get_num_threads(),
                    "hardware": hardware_record(agent.device, agent.dtype)})
     atomic_write_text(report_path, json.dumps(report, indent=1))
     report["curves"] = str(plot)
@@ -311,6 +312,9 @@ def print_report(report: dict[str, Any], cfg: TrainConfig, log: Callable[[str], 
             f"    after  [{a.get('gold', a['score']):+.2f}]: {a['response']!r}")
     print_table(f"Held-out evaluation ({cfg.eval_episodes} test prompts)", report["before"], report["after"], log)
     out = Path(cfg.output_dir)
+    if report.get("stopped_at_kl") is not None:
+        log(f"\nstopped after iteration {report['iterations']} of {cfg.iterations}: rollout KL "
+            f"{report['stopped_at_kl']:.2f} reached ppo.kl_stop = {cfg.ppo.kl_stop:g}")
     log(f"\nwall time {report['wall_time_s']:.0f} s; model: {out / 'final_model'}; curves: {report['curves']}; "
         f"report: {out / 'report.json'}")
 
