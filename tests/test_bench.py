@@ -225,3 +225,29 @@ def test_annotation_budget_refuses_bad_flags_before_any_work(tmp_path, flag):
     assert proc.returncode == 2, proc.stderr
     assert flag[0] in proc.stderr.splitlines()[-1]
     assert not cache.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_benchmark_resumed_on_another_machine_keeps_each_runs_machine(tmp_path, monkeypatch):
+    import tokengym.hardware as hardware
+
+    args = ["--algos", "reinforce", *COMMON, "--best-of-n", "0", "--out", str(tmp_path)]
+    bench.run(parse([*args, "--seeds", "1"]))
+    first = json.loads((tmp_path / "algos.json").read_text())["machines"][0]
+    monkeypatch.setattr(hardware, "hardware_record", lambda *a, **k: {"cpu_model": "another CPU", "cpus": 64})
+    bench.run(parse([*args, "--seeds", "2"]))  # seed 0 is measured: only seed 1 runs, on "another CPU"
+    data = json.loads((tmp_path / "algos.json").read_text())
+    assert data["machines"] == [first, {"cpu_model": "another CPU", "cpus": 64}]
+    assert [(r["seed"], r["machine"]) for r in data["runs"]] == [(0, 0), (1, 1)]
+    md = (tmp_path / "algos.md").read_text()
+    assert "Machine 1 (reinforce seeds 0)" in md and "Machine 2 (reinforce seeds 1)" in md and "another CPU" in md
+
+
+def test_merged_results_keep_each_runs_machine():
+    from tokengym.compare_report import merge_results
+
+    a = {"settings": {"lr": 1}, "runs": [{"algo": "ppo", "seed": 0}], "machine": {"cpu_model": "A"}}  # older file
+    b = {"settings": {"lr": 1}, "runs": [{"algo": "ppo", "seed": 1, "machine": 1}, {"algo": "ppo", "seed": 2, "machine": 0}],
+         "machines": [{"cpu_model": "A"}, {"cpu_model": "B"}]}
+    merged = merge_results([a, b])
+    assert merged["machines"] == [{"cpu_model": "A"}, {"cpu_model": "B"}]
+    assert [(r["seed"], merged["machines"][r["machine"]]["cpu_model"]) for r in merged["runs"]] == [(0, "A"), (1, "B"), (2, "A")]

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from tokengym.compare_report import ALGOS, CURVE_KEYS, frontier_table, load_results, markdown_table, render
+from tokengym.compare_report import ALGOS, CURVE_KEYS, frontier_table, load_results, machine_index, markdown_table, render
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,7 +395,8 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
     data["commands"].append(command or "tokengym bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]))
     from tokengym.hardware import hardware_record
 
-    data["machine"] = hardware_record()
+    machine = machine_index(data, hardware_record())  # before "machine" changes: older runs keep theirs
+    data["machine"] = data["machines"][machine]
     tok, base_model, overrides = load_model(args.model)
     kwargs = env_kwargs(args.env, overrides)
     if args.max_new_tokens:
@@ -422,7 +423,8 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
             checkpoints = Checkpoints(args, held_out)
             res = trainer(algo, model, tok, kwargs, args, seed, checkpoints)
             final = held_out(res.pop("policy"))
-            data["runs"].append({"algo": algo, "seed": seed, **res, "checkpoints": checkpoints.points, "final": final})
+            data["runs"].append({"algo": algo, "seed": seed, **res, "checkpoints": checkpoints.points, "final": final,
+                                 "machine": machine})
             print(f"{algo} seed {seed}: gold {final['gold_score']:.3f} proxy {final['proxy_score']:.3f} "
                   f"kl {final['kl_to_reference']:.2f} ({res['tokens']} tokens, {res['wall_s']:.1f} s)", file=sys.stderr)
             render(data, out, args.name, levels)

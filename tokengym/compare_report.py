@@ -43,6 +43,40 @@ def load_results(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return {"settings": settings, "commands": [], "initial": None, "best_of_n": None, "runs": []}
 
 
+def machines_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The machines a results file's runs were measured on; each run's ``machine`` is an index into it.
+
+    A file from before per-run records keeps one ``machine`` (the latest invocation's); its runs, which
+    name none, are taken to have run there.
+    """
+    if "machines" not in data:
+        data["machines"] = [data["machine"]] if data.get("machine") else []
+    return data["machines"]
+
+
+def machine_index(data: dict[str, Any], record: dict[str, Any]) -> int:
+    """The index of ``record`` in the file's machines, added when it is new (a resumed benchmark on
+    another CPU, or with other threads, must not relabel the runs measured before it)."""
+    machines = machines_of(data)
+    if record not in machines:
+        machines.append(record)
+    return machines.index(record)
+
+
+def machine_lines(data: dict[str, Any]) -> list[str]:
+    """One line per machine: the runs measured on it and its record."""
+    machines = machines_of(data)
+    lines = []
+    for i, record in enumerate(machines):
+        runs = [r for r in data["runs"] if r.get("machine", 0) == i]
+        by_algo: dict[str, list[str]] = {}
+        for r in runs:
+            by_algo.setdefault(r["algo"], []).append(str(r["seed"]))
+        what = "; ".join(f"{a} seeds {', '.join(seeds)}" for a, seeds in by_algo.items()) or "no runs (baselines only)"
+        lines.append(f"* Machine {i + 1} ({what}): {json.dumps(record)}")
+    return lines
+
+
 def _pm(values: list[float], digits: int = 3) -> str:
     return fmt(summary(values), digits)
 
@@ -126,7 +160,9 @@ def write_markdown(data: dict[str, Any], path: Path, levels: list[float]) -> Non
         "its gold score is interpolated where its KL first reaches each level (never extrapolated; (k/n) = runs "
         "that reached the level). Best-of-n: the proxy picks the best of n reference samples, at KL log n - (n-1)/n.", "",
         "Produced by:", "",
-        *[f"    {c}" for c in data.get("commands", [])],
+        *[f"    {c}" for c in data.get("commands", [])], "",
+        "Measured on (wall times and tokens/s compare only within one machine):", "",
+        *machine_lines(data),
     ]
     path.write_text("\n".join(text) + "\n")
 
@@ -208,15 +244,19 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
     first = parts[0]
     base = training_settings(first)
-    merged = {**first, "settings": {**first["settings"], "best_of_n": max(ns, default=0)}, "commands": [], "runs": []}
+    merged = {**first, "settings": {**first["settings"], "best_of_n": max(ns, default=0)}, "commands": [], "runs": [],
+              "machines": []}
     for part in parts:
         if (settings := training_settings(part)) != base:
             changed = changed_settings(settings, base)
             raise ValueError(f"cannot merge results of other settings ({', '.join(changed)} differ)")
+        part_machines = machines_of(dict(part))
         for run in part["runs"]:
             if any((r["algo"], r["seed"]) == (run["algo"], run["seed"]) for r in merged["runs"]):
                 raise ValueError(f"{run['algo']} seed {run['seed']} is in more than one of the files")
-            merged["runs"].append(run)
+            index = run.get("machine", 0)
+            machine = part_machines[index] if index < len(part_machines) else None
+            merged["runs"].append({**run, **({"machine": machine_index(merged, machine)} if machine else {})})
         merged["commands"] += part.get("commands", [])
         for key in ("initial", "best_of_n"):
             merged[key] = merged.get(key) or part.get(key)
