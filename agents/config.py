@@ -43,11 +43,12 @@ class OnPolicyConfig:
     # The value head shares the LM's trunk, so its gradients reach the LM: kept small.
     vf_coef: float = 0.1
     ent_coef: float = 0.0
-    # beta starts at 0.1 and adapts towards a KL of 3 with a horizon of 32 episodes: the adaptive
-    # controller may change beta by up to +-0.2 * 16/32 = 10 % per iteration, so it can halve or double
-    # beta within 7 iterations; a horizon of thousands of episodes (the usual setting for runs of 100k
-    # episodes) cannot move in a run of 192. The KL starts at 0 (below target), so beta first decays; a
-    # low target makes the controller start pushing back while the KL is still well inside the budget.
+    # beta starts at 0.1 and adapts towards the KL target (PPO's main job: 2) with a horizon of 32
+    # episodes: with the main job's batch of 32 the adaptive controller may change beta by up to
+    # +-0.2 * 32/32 = 20 % per iteration, so it can halve or double beta within 4 iterations; a horizon
+    # of thousands of episodes (the usual setting for runs of 100k episodes) cannot move in a run of
+    # 256-384. The KL starts at 0 (below target), so beta first decays; a low target makes the
+    # controller push back while the KL is still well inside the budget.
     kl_coef: float = 0.1  # initial beta
     adaptive_kl: bool = True  # beta follows the KL (Ziegler et al., 2019); False keeps it fixed
     kl_target: float = 3.0
@@ -76,7 +77,7 @@ class OnPolicyConfig:
     lora_r: int = 16
     lora_alpha: int = 32  # scale alpha / r = 2
     lora_target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    sample_every: int = 2  # a table of samples every 2 iterations: 6 in the 12-iteration main job
+    sample_every: int = 2  # a table of samples every 2 iterations (3-6 in the main job, which stops at 7-12)
     # A checkpoint every 5 iterations (0 = only at the end): an interrupted 12-iteration run loses at
     # most 4 iterations, and a save (LoRA adapters, optimiser, random streams) is cheap next to one.
     checkpoint_every: int = 5
