@@ -94,6 +94,18 @@ def cached_path(recipe: RewardModelRecipe = DEFAULT_RECIPE) -> Path:
     return cache_dir() / "reward_models" / f"sentiment-{recipe.key()}"
 
 
+def fingerprint(path: str | os.PathLike) -> str:
+    """A short hash of a reward model folder's weights: two builds of one recipe on different machines
+    (bf16 on one, fp32 on another) are different models under the same folder name, and results
+    measured with one must not be mixed with results measured with the other."""
+    digest = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
 def ensure_reward_model(recipe: RewardModelRecipe = DEFAULT_RECIPE, progress: bool = True,
                         log: Callable[[str], None] | None = print, policy: tuple[Any, Any] | None = None,
                         reward_model: Callable[[], tuple[Any, Any]] | None = None) -> Path:

@@ -130,6 +130,35 @@ def test_results_of_other_settings_are_refused_not_mixed(tmp_path):
     assert (tmp_path / "notes.md").read_text() == "my notes"
 
 
+def test_runs_paid_by_another_build_of_the_reward_model_are_refused(tmp_path, monkeypatch):
+    from tokengym.feedback import default_rm
+
+    # The fingerprint hashes the weights: the same recipe built twice (bf16 on one machine, fp32 on
+    # another) gives two fingerprints, one build read twice gives one.
+    builds = []
+    for i, weights in enumerate((b"bf16 build", b"fp32 build")):
+        folder = tmp_path / f"rm{i}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(weights)
+        (folder / "build.json").write_text("{}")
+        builds.append(folder)
+    assert default_rm.fingerprint(builds[0]) == default_rm.fingerprint(builds[0]) != default_rm.fingerprint(builds[1])
+    # Only a task paid by the learned reward has one, looked up through the cached build.
+    monkeypatch.setattr(default_rm, "ensure_reward_model", lambda progress=False: builds[0])
+    assert bench.reward_model_of("tokengym/PositiveReview-v1") == default_rm.fingerprint(builds[0])
+    assert bench.reward_model_of("tokengym/PositiveReview-v0") is None
+    out = tmp_path / "out"
+    monkeypatch.setattr(bench, "reward_model_of", lambda env, progress=False: default_rm.fingerprint(builds[0]))
+    bench.run(parse(["--algos", "reinforce", *COMMON, "--seeds", "1", "--out", str(out)]))
+    before = (out / "algos.json").read_bytes()
+    assert json.loads(before)["settings"]["reward_model"] == default_rm.fingerprint(builds[0])
+    assert "reward model weights" in (out / "algos.md").read_text()
+    monkeypatch.setattr(bench, "reward_model_of", lambda env, progress=False: default_rm.fingerprint(builds[1]))
+    with pytest.raises(FileExistsError, match="other settings .*reward_model"):
+        bench.run(parse(["--algos", "reinforce", *COMMON, "--seeds", "2", "--out", str(out)]))
+    assert (out / "algos.json").read_bytes() == before
+
+
 def test_an_algo_at_lr_variant_trains_at_its_own_rate_as_its_own_row(tmp_path, monkeypatch):
     from tokengym.agents import ReinforceAgent
 

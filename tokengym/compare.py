@@ -304,7 +304,24 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("env", "model", "budget", "batch_size", "lr", "lora_r", "sb3_lr", "kl_coef", "ent_coef", "group_size", "max_new_tokens",
             "eval_prompts", "eval_points", "best_of_n", "dtype")
     # The evaluator's version: results measured with other metric names are never mixed with these.
-    return {"evaluator": 2, **{k: getattr(args, k) for k in keys}}
+    settings = {"evaluator": 2, **{k: getattr(args, k) for k in keys}}
+    # A learned reward is part of the settings by its weights: the same recipe built on another machine
+    # is another reward model, and runs paid by two reward models are not one experiment.
+    if getattr(args, "reward_model", None):
+        settings["reward_model"] = args.reward_model
+    return settings
+
+
+def reward_model_of(env_id: str, progress: bool = False) -> str | None:
+    """The fingerprint of the learned reward model that ``env_id`` pays (built first if missing), or
+    None for a task paid by a programmatic reward."""
+    import gymnasium as gym
+
+    if gym.spec(env_id).kwargs.get("reward") != "sentiment_rm":
+        return None
+    from tokengym.feedback.default_rm import ensure_reward_model, fingerprint
+
+    return fingerprint(ensure_reward_model(progress=progress))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,6 +408,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
     if strays:
         raise FileExistsError(f"--name: {', '.join(strays)} in {out} are not from a tokengym bench (no "
                               f"{args.name}.json beside them); choose another --name or --out")
+    args.reward_model = reward_model_of(args.env, progress=args.verbose)
     data = load_results(out / f"{args.name}.json", settings_of(args))
     data["commands"].append(command or "tokengym bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]))
     from tokengym.hardware import hardware_record
