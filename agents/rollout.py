@@ -7,6 +7,8 @@ re-feeding of env loops in RL4LMs/TextRL, and matches ``model.generate`` token f
 
 from __future__ import annotations
 
+import copy
+
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ContextManager
@@ -149,10 +151,18 @@ class CachedSampler:
         self, model: PreTrainedModel, temperature: float = 1.0, greedy: bool = False, value_head: nn.Module | None = None,
         autocast_dtype: torch.dtype | None = None,
         frozen_weights: Callable[[nn.Module, torch.dtype], dict[str, torch.Tensor] | None] | None = None,
+        prefill_memo: dict[bytes, Any] | None = None,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if prefill_memo is not None and value_head is not None:
+            raise ValueError("prefill_memo is for sampling a frozen model; a value head means training")
         self.model, self.temperature, self.greedy, self.value_head = model, temperature, greedy, value_head
+        #: ``prompt bytes -> (first-step logits, KV cache)`` shared by samplers of one *frozen* model: a
+        #: batch of prompts sampled again (at another temperature, say) skips its prefill forward, which
+        #: is as costly as the whole decode when the prompts are as long as the responses. The stored
+        #: result is exactly what the forward would return, so the samples are unchanged.
+        self.prefill_memo = prefill_memo
         self.autocast_dtype = autocast_dtype
         #: ``(model, dtype) -> casts of its frozen weights`` kept for the run (``ActorCritic.frozen_weights``):
         #: with it a rollout casts only the weights that train; without it, every Linear weight.
@@ -197,11 +207,20 @@ class CachedSampler:
 
             def model(**kwargs: Any) -> Any:
                 return run_on(self.model, casted, **kwargs)
-        with autocast_context(device, self.autocast_dtype):
-            out = model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                output_hidden_states=want_values,
-            )
+        key = None
+        if self.prefill_memo is not None:
+            key = b"|".join([str(self.autocast_dtype).encode(), ids.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes()])
+        if key is not None and key in self.prefill_memo:
+            # The decode steps below grow the cache in place: each rollout gets its own copy.
+            out = copy.deepcopy(self.prefill_memo[key])
+        else:
+            with autocast_context(device, self.autocast_dtype):
+                out = model(
+                    input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                    output_hidden_states=want_values,
+                )
+            if key is not None:
+                self.prefill_memo[key] = copy.deepcopy(out)
         vocab = env.vocab_size
         # The per-step records stay on the model's device during the rollout, copied to the CPU once at its end.
         logprobs = torch.zeros(B, T, dtype=torch.float32, device=device)

@@ -128,7 +128,7 @@ def ensure_reward_model(recipe: RewardModelRecipe = DEFAULT_RECIPE, progress: bo
 
 
 def generate_candidates(recipe: RewardModelRecipe, tokenizer: Any, model: Any, progress: bool = True,
-                        batch_size: int = 64) -> list[tuple[str, str, float]]:
+                        batch_size: int = 64, share_prefill: bool = True) -> list[tuple[str, str, float]]:
     """``(prompt, response, temperature)`` for every train prompt and temperature of the recipe.
 
     Sampling goes through the agents' KV-cached sampler on the task's own env, so the candidates are
@@ -148,9 +148,11 @@ def generate_candidates(recipe: RewardModelRecipe, tokenizer: Any, model: Any, p
     rows: list[tuple[str, str, float]] = []
     batches = [(s, T, start) for s, T in enumerate(recipe.temperatures) for start in range(0, n, batch_size)]
     model.eval()
+    # Every batch of prompts is sampled once per temperature (8 times): its prefill is computed once.
+    prefills: dict[bytes, Any] | None = {} if share_prefill else None
     for s, T, start in tqdm(batches, desc="reward model: candidates", disable=not progress, unit="batch"):
         idx = np.arange(start, start + batch_size) % n
-        b = CachedSampler(model, temperature=T).rollout(env, seed=recipe.seed * 7919 + s * 1009 + start,
+        b = CachedSampler(model, temperature=T, prefill_memo=prefills).rollout(env, seed=recipe.seed * 7919 + s * 1009 + start,
                                                         generator=gen, options={"prompt_indices": idx})
         keep = min(batch_size, n - start)  # the last batch wraps around; drop the repeats
         rows += [(b.prompt_texts[i], b.response_texts[i], T) for i in range(keep)]

@@ -220,6 +220,27 @@ def test_seeded_sampling_is_reproducible(toy_lm, toy_tok):
     torch.testing.assert_close(d.response_ids, e.response_ids, rtol=0, atol=0)
 
 
+def test_a_shared_prefill_samples_exactly_what_a_fresh_prefill_samples(toy_lm, toy_tok, monkeypatch):
+    _, model = toy_lm
+    env = make_env(toy_tok, TOY_PROMPTS_UNEQUAL, n=6)
+    fresh = [CachedSampler(model, temperature=T).rollout(env, seed=5) for T in (1.0, 0.7, 1.0)]
+    forwards = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: forwards.append(k["input_ids"].shape[1]) or original(*a, **k))
+    memo: dict = {}
+    shared = [CachedSampler(model, temperature=T, prefill_memo=memo).rollout(env, seed=5) for T in (1.0, 0.7, 1.0)]
+    for a, b in zip(fresh, shared):
+        torch.testing.assert_close(a.response_ids, b.response_ids, rtol=0, atol=0)
+        torch.testing.assert_close(a.sample_logprobs, b.sample_logprobs, rtol=0, atol=0)
+    # One prefill (the prompt columns) for three rollouts of the same prompts; the rest are 1-token steps.
+    assert len(memo) == 1 and sum(width > 1 for width in forwards) == 1
+    # Other prompts are a miss, not a wrong hit.
+    CachedSampler(model, prefill_memo=memo).rollout(env, seed=5, options={"prompt_indices": [5, 4, 3, 2, 1, 0]})
+    assert len(memo) == 2
+    with pytest.raises(ValueError, match="prefill_memo"):
+        CachedSampler(model, value_head=ValueHead(8), prefill_memo={})
+
+
 def test_sampler_draws_from_the_tempered_policy_distribution(toy_tok, untied_lm):
     """Checklist 5/6: tokens come from softmax(logits / temperature) without pad, no top-k/top-p."""
     model = untied_lm(toy_tok, "llama", seed=3)
