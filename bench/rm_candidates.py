@@ -52,8 +52,8 @@ def main() -> None:
         md_table(["prefill", "candidates", "median s", "candidates / s", "each repeat s"], rows), "",
         f"* Shared prefill: **{fresh / shared:.2f}x** faster; the candidates are "
         f"{'identical, text for text' if same else 'DIFFERENT (a bug)'}.",
-        f"* The default build samples 320 prompts (5 batches) the same way: its candidate phase scales with the "
-        f"batches, so the ratio carries over.",
+        "* The default build samples 320 prompts (5 batches) the same way: its candidate phase scales with the "
+        "batches, so the ratio carries over.",
         f"* Machine: {machine}",
         f"* Command: `{command_line()}`",
     ])
