@@ -94,16 +94,25 @@ def cached_path(recipe: RewardModelRecipe = DEFAULT_RECIPE) -> Path:
     return cache_dir() / "reward_models" / f"sentiment-{recipe.key()}"
 
 
+def uses_default_reward_model(env_id: str, reward: str | None = None) -> bool:
+    """Whether a run of ``env_id`` (with ``reward`` overriding the task's own) is paid by this model."""
+    import gymnasium as gym
+
+    import tokengym  # noqa: F401  (registers the ids)
+
+    return (reward if reward is not None else gym.spec(env_id).kwargs.get("reward")) == "sentiment_rm"
+
+
 def fingerprint(path: str | os.PathLike) -> str:
     """A short hash of a reward model folder's weights: two builds of one recipe on different machines
     (bf16 on one, fp32 on another) are different models under the same folder name, and results
     measured with one must not be mixed with results measured with the other."""
-    digest = hashlib.sha256()
-    for f in sorted(Path(path).glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:12]
+    from safetensors.torch import load_file
+
+    from tokengym.agents.policy import tensors_fingerprint
+
+    named = [(f"{f.name}/{k}", t) for f in sorted(Path(path).glob("*.safetensors")) for k, t in load_file(f).items()]
+    return tensors_fingerprint(named)[:12]
 
 
 def ensure_reward_model(recipe: RewardModelRecipe = DEFAULT_RECIPE, progress: bool = True,

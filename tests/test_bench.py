@@ -135,11 +135,14 @@ def test_runs_paid_by_another_build_of_the_reward_model_are_refused(tmp_path, mo
 
     # The fingerprint hashes the weights: the same recipe built twice (bf16 on one machine, fp32 on
     # another) gives two fingerprints, one build read twice gives one.
+    import torch
+    from safetensors.torch import save_file
+
     builds = []
-    for i, weights in enumerate((b"bf16 build", b"fp32 build")):
+    for i, weight in enumerate((0.25, 0.5)):
         folder = tmp_path / f"rm{i}"
         folder.mkdir()
-        (folder / "model.safetensors").write_bytes(weights)
+        save_file({"score.weight": torch.full((1, 4), weight)}, folder / "model.safetensors")
         (folder / "build.json").write_text("{}")
         builds.append(folder)
     assert default_rm.fingerprint(builds[0]) == default_rm.fingerprint(builds[0]) != default_rm.fingerprint(builds[1])

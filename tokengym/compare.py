@@ -315,12 +315,10 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 def reward_model_of(env_id: str, progress: bool = False) -> str | None:
     """The fingerprint of the learned reward model that ``env_id`` pays (built first if missing), or
     None for a task paid by a programmatic reward."""
-    import gymnasium as gym
+    from tokengym.feedback.default_rm import ensure_reward_model, fingerprint, uses_default_reward_model
 
-    if gym.spec(env_id).kwargs.get("reward") != "sentiment_rm":
+    if not uses_default_reward_model(env_id):
         return None
-    from tokengym.feedback.default_rm import ensure_reward_model, fingerprint
-
     return fingerprint(ensure_reward_model(progress=progress))
 
 

@@ -152,7 +152,7 @@ def write_markdown(data: dict[str, Any], path: Path, levels: list[float]) -> Non
         f"{s['sb3_lr']} (SB3 PPO/A2C, full fine-tuning; sb3-trpo's step is set by its trust region, target KL 0.01); "
         f"a row named algo@lr ran at that learning rate instead; batch {s['batch_size']} episodes (group size {s['group_size']} for "
         f"rloo/grpo), entropy coefficient {s['ent_coef']}"
-        + (f"; reward model weights {s['reward_model']} (sha256 prefix)" if s.get("reward_model") else "")
+        + (f"; reward model weights {s['reward_model']} (a hash of its tensors)" if s.get("reward_model") else "")
         + f". Held-out scores: one sampled response to each of "
         f"{s['eval_prompts']} held-out prompts; KL = k1 estimate summed over response tokens (k3 in the JSON). "
         "Wall time and tokens/s: training only.", "",

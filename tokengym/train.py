@@ -132,15 +132,11 @@ def _build_task_reward(cfg: TrainConfig, tokenizer: Any, model: Any, progress: b
     Building here, rather than inside the env, reuses the policy already loaded (it is still the
     reference policy) and shows the build's progress before the run's own.
     """
-    import gymnasium as gym
+    from tokengym.feedback.default_rm import DEFAULT_RECIPE, ensure_reward_model, uses_default_reward_model
 
-    import tokengym  # noqa: F401  (registers the ids)
-
-    spec = cfg.reward if cfg.reward is not None else gym.spec(cfg.env).kwargs.get("reward")
-    if spec != "sentiment_rm":
+    if not uses_default_reward_model(cfg.env, cfg.reward):
         return
     from tokengym import distributed as dist
-    from tokengym.feedback.default_rm import DEFAULT_RECIPE, ensure_reward_model
 
     # The candidates come from the recipe's policy; the loaded model is that policy only when named so.
     policy = (tokenizer, model) if cfg.model == DEFAULT_RECIPE.policy else None
