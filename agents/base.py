@@ -194,10 +194,6 @@ class OnPolicyAgent(UpdateLoop, ABC):
             metrics = self.step()
             bar.update(1)
             bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}", beta=f"{metrics['beta']:.3f}")
-            if self.config.kl_stop is not None and metrics["kl"] >= self.config.kl_stop:
-                # The budget is spent: one more update would carry the policy further past it.
-                # Kept in the checkpoint, so a resumed run stops here too instead of going on.
-                self.stopped_at_kl = metrics["kl"]
             if callback is not None:
                 callback(self.iteration, metrics)
             every = self.config.checkpoint_every
@@ -211,21 +207,35 @@ class OnPolicyAgent(UpdateLoop, ABC):
         return self.logger.rows
 
     def step(self) -> dict[str, float]:
-        """One iteration: a rollout, the experience built from it, the update, the KL controller."""
+        """One iteration: a rollout, the experience built from it, the update, the KL controller.
+
+        Under ``kl_stop``, the first rollout whose KL reaches the stop is measured and logged but not
+        trained on (its row has ``updated`` 0); every later call does the same.
+        """
         t0 = time.perf_counter()
         seed = None if self.env_seeded else self.config.seed + 1000 * self.rank
         self.env_seeded = True
         batch = self.sampler.rollout(self.env, seed=seed, generator=self.sample_gen, options=self._rollout_options())
         t_rollout = time.perf_counter() - t0
         exp = self._make_experience(batch)
-        t1 = time.perf_counter()
-        stats = self.update(exp)
-        t_update = time.perf_counter() - t1
-        # The controller sees the per-sequence summed KL, averaged over all ranks' episodes.
+        # The per-sequence summed KL, averaged over all ranks' episodes: what the controller and the stop see.
         mean_kl = dist.all_reduce_mean(exp.kl.sum(1).mean()).item()
-        self.kl_ctl.update(mean_kl, len(batch) * dist.world_size())
+        t1 = time.perf_counter()
+        if self.stopped_at_kl is None and self.config.kl_stop is not None and mean_kl >= self.config.kl_stop:
+            # The KL budget is spent. This rollout measured the *current* policy over it, so that
+            # policy is the one to keep: training on the rollout would carry it further past the
+            # budget (one update can add 2 nats late in a run). The stop is kept in the checkpoint,
+            # so a resumed run stops here too; ``learn`` ends the loop on it.
+            self.stopped_at_kl = mean_kl
+        if self.stopped_at_kl is None:
+            stats = self.update(exp)
+            self.kl_ctl.update(mean_kl, len(batch) * dist.world_size())
+        else:
+            stats = {}  # measured, not trained on: the row has no update statistics
+        t_update = time.perf_counter() - t1
         self.iteration += 1
         metrics = self._metrics(exp, stats, mean_kl, t_rollout, t_update, time.perf_counter() - t0)
+        metrics["updated"] = float(self.stopped_at_kl is None)
         self.logger.log(self.iteration, metrics)
         if self.config.sample_every and self.iteration % self.config.sample_every == 0:
             self.logger.log_samples(self.iteration, self.sample_table(exp))

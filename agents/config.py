@@ -53,8 +53,9 @@ class OnPolicyConfig:
     adaptive_kl: bool = True  # beta follows the KL (Ziegler et al., 2019); False keeps it fixed
     kl_target: float = 3.0
     kl_horizon: int = 32
-    # The KL budget as a stopping rule: the run ends after the first iteration whose rollout KL (per
-    # response, summed over its tokens, mean over the batch; the number the controller sees) reaches it.
+    # The KL budget as a stopping rule: the run ends at the first rollout whose KL (per response,
+    # summed over its tokens, mean over the batch; the number the controller sees) reaches it, and
+    # that rollout is not trained on, so the policy kept is the one the rollout measured.
     # Seeds drift away from the reference at different speeds, and the drift accelerates late in a
     # run, so a fixed iteration count lands the final KL anywhere in a wide range; stopping on the KL
     # itself spends the same budget on every seed, with ``iterations`` as the cap. None = no stop.

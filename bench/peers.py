@@ -82,7 +82,7 @@ def ours_child(args: argparse.Namespace) -> None:
                   # entropy and its backward to every micro-batch: not the same work
                   ent_coef=0.0)
     if args.child == "ppo":
-        agent = PPOAgent(env, model, PPOConfig(**common, minibatch_size=args.micro, ppo_epochs=args.epochs))
+        agent = PPOAgent(env, model, PPOConfig(**common, minibatch_size=args.micro, ppo_epochs=args.epochs, kl_stop=None))
     elif args.child == "rloo":
         agent = RLOOAgent(env, model, RLOOConfig(**common, group_size=args.group))
     else:

@@ -138,7 +138,7 @@ def child(args: argparse.Namespace) -> None:
                          stop_token_ids=never_stop(tok))
     long_idx = np.asarray(long_prompt_indices(env, 4 * B, P, at_least=B))
     cfg = PPOConfig(batch_size=B, minibatch_size=args.minibatch, micro_batch_size=args.minibatch, ppo_epochs=args.epochs,
-                    lora_r=16 if lora else 0, sample_every=0, adaptive_kl=False,
+                    lora_r=16 if lora else 0, sample_every=0, adaptive_kl=False, kl_stop=None,  # every timed iteration updates
                     # LoRA's default rate would blow full fine-tuning up (the ratio guard stops the run)
                     learning_rate=3e-4 if lora else 1e-5,
                     recompute_old_logprobs=bool(args.recompute_old), device=str(device), dtype=args.dtype)

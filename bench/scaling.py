@@ -53,7 +53,7 @@ def build_agent(model: str, batch: int, max_new_tokens: int, seed: int):
         env = BatchedTextEnv(batch, tokenizer=tok, prompts=TOY_PROMPTS, split=None, max_new_tokens=max_new_tokens,
                              max_prompt_tokens=4, reward=reward)
         cfg = PPOConfig(batch_size=batch, minibatch_size=batch // 2, micro_batch_size=batch // 2, ppo_epochs=2,
-                        learning_rate=3e-3, sample_every=0, seed=seed, lora_r=0)
+                        learning_rate=3e-3, sample_every=0, seed=seed, lora_r=0, kl_stop=None)
     else:
         import gymnasium as gym
 
@@ -65,7 +65,8 @@ def build_agent(model: str, batch: int, max_new_tokens: int, seed: int):
                            split="train", tokenizer=tok, model="smollm2", max_new_tokens=max_new_tokens)
         mb = max(1, batch // 2)
         cfg = PPOConfig(batch_size=batch, minibatch_size=mb, micro_batch_size=mb, ppo_epochs=2, lora_r=16,
-                        lora_alpha=32, learning_rate=2e-4, kl_coef=0.02, sample_every=0, seed=seed)
+                        lora_alpha=32, learning_rate=2e-4, kl_coef=0.02, sample_every=0, seed=seed,
+                        kl_stop=None)  # every timed iteration updates
     return PPOAgent(env, lm, cfg)
 
 

@@ -9,7 +9,8 @@ reference: each round spends its own KL budget.
 
 Each round writes ``OUTPUT_DIR/round<r>/`` (a full training run: report, metrics, curves, final
 model) and, from round 1 on, ``OUTPUT_DIR/reward_model_round<r>/``; ``rounds.json`` lists per round
-the reward model's held-out accuracy and the held-out gold score before and after PPO.
+the reward model's held-out accuracy, the held-out gold score before and after PPO, and the KL of
+the round's policy to its own reference and to the original model.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def run_rounds(rounds: int = 2, output_dir: str = "runs/rlhf", seed: int = 0, it
             model = next_model
             continue
         print_table(f"round {r}: held-out evaluation", report["before"], report["after"], log)
+        # Each round's KL budget is spent against its own reference, so the distance from the model
+        # the user started with adds up over the rounds: measure it, on the same samples.
+        original = report["after"] if r == 0 else evaluate_against(cfg, next_model, recipe.policy)
         summaries.append({
             "round": r, "policy_before": model, "reward_model": str(reward_dir),
             "rm_heldout_gold_accuracy": build["heldout_gold_accuracy"], "rm_heldout_accuracy": build["heldout_accuracy"],
@@ -78,11 +82,32 @@ def run_rounds(rounds: int = 2, output_dir: str = "runs/rlhf", seed: int = 0, it
             "kl_to_round_reference": report["after"]["kl_to_reference"],
             "perplexity_before": report["before"]["reference_perplexity"],
             "perplexity_after": report["after"]["reference_perplexity"],
+            "distinct_2_before": report["before"]["distinct_2"], "distinct_2_after": report["after"]["distinct_2"],
+            "kl_to_original": original["kl_to_reference"],
+            "perplexity_under_original": original["reference_perplexity"],
             "wall_time_s": report["wall_time_s"],
         })
         atomic_write_text(out / "rounds.json", json.dumps(summaries, indent=1) + "\n")
         model = next_model
     for s in summaries:
         log(f"round {s['round']}: RM gold accuracy {s['rm_heldout_gold_accuracy']:.3f}; held-out gold "
-            f"{s['gold_before']:+.3f} -> {s['gold_after']:+.3f} at KL {s['kl_to_round_reference']:.2f} to the round's reference")
+            f"{s['gold_before']:+.3f} -> {s['gold_after']:+.3f} at KL {s['kl_to_round_reference']:.2f} to the round's reference, "
+            f"{s['kl_to_original']:.2f} to the original model")
     return summaries
+
+
+def evaluate_against(cfg: Any, policy: str, reference: str) -> dict[str, float]:
+    """The held-out evaluation of ``policy`` that ``tokengym train`` with ``cfg`` ends with (same
+    prompts, seed and batching, hence the same samples), with ``reference`` as the reference."""
+    from tokengym.agents.evaluation import evaluate_policy, reference_logprob_fn
+    from tokengym.models import check_same_vocabulary, load_causal_lm
+    from tokengym.train import make_envs
+
+    tok, model = load_causal_lm(policy)
+    ref_tok, ref_model = load_causal_lm(reference)
+    check_same_vocabulary(tok, ref_tok, "policy and reference")
+    _, test_env = make_envs(cfg, tok, cfg.ppo.batch_size)
+    ref_fn = reference_logprob_fn(ref_model, len(tok), temperature=cfg.ppo.temperature, pad_id=tok.pad_token_id)
+    metrics, _ = evaluate_policy(model, ref_fn, test_env, cfg.eval_episodes, seed=cfg.ppo.seed,
+                                 temperature=cfg.ppo.temperature)
+    return metrics

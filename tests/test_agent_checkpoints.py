@@ -159,12 +159,18 @@ def test_the_fingerprint_sees_one_changed_bit_and_nothing_else() -> None:
 def test_kl_stop_ends_the_run_at_the_first_rollout_over_the_budget_and_a_resume_stays_stopped(toy_tok, tmp_path) -> None:
     budget = 1e-3  # tiny against what lr 1e-2 on a 1-layer model does within 12 iterations
     agent = PPOAgent(toy_env(toy_tok), model(toy_tok), cfg(kl_stop=budget))
-    rows = agent.learn(12, progress=False)
+    weights = lambda: tensors_fingerprint(agent.ac.policy.state_dict().items())  # noqa: E731
+    seen = [weights()]
+    rows = agent.learn(12, callback=lambda i, m: seen.append(weights()), progress=False)
     kls = [r["kl"] for r in rows]
-    assert agent.stopped_at_kl is not None and agent.iteration < 12  # it stopped early: the test is not vacuous
-    # The first rollout at or over the budget is the last one trained on; every earlier one was under it.
+    assert agent.stopped_at_kl is not None and 1 < agent.iteration < 12  # it stopped early: the test is not vacuous
+    # The first rollout at or over the budget ends the run; every earlier one was under it.
     assert kls[-1] == agent.stopped_at_kl >= budget
     assert all(k < budget for k in kls[:-1])
+    # That rollout is measured, not trained on: the policy kept is the one it measured, while every
+    # earlier rollout did update the policy.
+    assert [r["updated"] for r in rows] == [1.0] * (len(rows) - 1) + [0.0]
+    assert seen[-1] == seen[-2] and all(a != b for a, b in zip(seen[:-2], seen[1:-1]))
     agent.save_checkpoint(tmp_path / "ck")
     again = PPOAgent(toy_env(toy_tok), model(toy_tok), cfg(kl_stop=budget))
     again.load_checkpoint(tmp_path / "ck")

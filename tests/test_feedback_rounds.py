@@ -49,6 +49,18 @@ def test_two_rounds_chain_policies_and_reward_models(tmp_path: Path, smol_tiny_l
     saved = json.loads((out / "rounds.json").read_text())
     assert [(s["round"], s["reward_model"], s["gold_after"]) for s in saved] == \
         [(s["round"], s["reward_model"], s["gold_after"]) for s in summaries]
+    # The KL to the original model: round 0's reference is the original; round 1's is not, and
+    # evaluate_against, given round 1's own reference, reproduces its run's final evaluation exactly.
+    assert summaries[0]["kl_to_original"] == summaries[0]["kl_to_round_reference"]
+    assert summaries[1]["kl_to_original"] != summaries[1]["kl_to_round_reference"]
+    from tokengym.train import make_train_config
+
+    cfg1 = make_train_config({**overrides, "model": str(out / "round0" / "final_model"), "output_dir": str(out / "x"),
+                              "reward": {"name": "learned", "path": str(out / "reward_model_round1")}, "iterations": 1},
+                             seed=1)
+    again = rounds_mod.evaluate_against(cfg1, str(out / "round1" / "final_model"), str(out / "round0" / "final_model"))
+    assert again["kl_to_reference"] == pytest.approx(summaries[1]["kl_to_round_reference"], abs=1e-5)
+    assert again["gold_score"] == pytest.approx(summaries[1]["gold_after"], abs=1e-6)
     report1 = json.loads((out / "round1" / "report.json").read_text())
     assert report1["config"]["reward"] == {"name": "learned", "path": str(out / "reward_model_round1")}
     assert report1["config"]["model"] == str(out / "round0" / "final_model")

@@ -142,20 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. ppo.learning_rate=1e-4")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in an OUTPUT_DIR that holds a run")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("build-rm", help="build (once) the main task's reward model from simulated comparisons")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(func=cmd_build_rm)
 
     p = sub.add_parser("rlhf", help="iterated RLHF: rounds of candidates -> simulated labels -> reward model -> PPO")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--output-dir", dest="output_dir", default="runs/rlhf")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=2, help="rounds to run, the first on the task's cached reward model (default 2)")
+    p.add_argument("--output-dir", dest="output_dir", default="runs/rlhf",
+                   help="one folder per round and per new reward model, and rounds.json (default runs/rlhf)")
+    p.add_argument("--seed", type=int, default=0, help="round r trains with seed SEED + r (default 0)")
     p.add_argument("--iterations", type=int, help="PPO iterations per round (default: the main job's)")
     p.add_argument("--overwrite", action="store_true", help="start rounds again in an OUTPUT_DIR that holds them")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(func=cmd_rlhf)
 
     p = sub.add_parser("evaluate", help="compare a policy with its reference on a task's test prompts")

@@ -116,7 +116,9 @@ def make_agent(algo: str, env: Any, model: Any, args: argparse.Namespace, seed: 
         sample_every=0, ent_coef=args.ent_coef, lora_r=args.lora_r, checkpoint_every=0, dtype=args.dtype,
     )
     if algo == "ppo":
-        cfg = PPOConfig(**common, minibatch_size=max(1, B // 2), micro_batch_size=min(args.micro_batch_size, max(1, B // 2)))
+        # No KL stop: the benchmark spends the same token budget on every algorithm and reads the
+        # whole KL-reward frontier off the held-out points, so no run may end (or idle) early.
+        cfg = PPOConfig(**common, kl_stop=None, minibatch_size=max(1, B // 2), micro_batch_size=min(args.micro_batch_size, max(1, B // 2)))
         return PPOAgent(env, model, cfg)
     micro = dict(micro_batch_size=args.micro_batch_size)
     if algo == "reinforce":

@@ -311,8 +311,9 @@ def print_report(report: dict[str, Any], cfg: TrainConfig, log: Callable[[str], 
     print_table(f"Held-out evaluation ({cfg.eval_episodes} test prompts)", report["before"], report["after"], log)
     out = Path(cfg.output_dir)
     if report.get("stopped_at_kl") is not None:
-        log(f"\nstopped after iteration {report['iterations']} of {cfg.iterations}: rollout KL "
-            f"{report['stopped_at_kl']:.2f} reached ppo.kl_stop = {cfg.ppo.kl_stop:g}")
+        log(f"\nstopped at iteration {report['iterations']} of {cfg.iterations}: its rollout KL "
+            f"{report['stopped_at_kl']:.2f} reached ppo.kl_stop = {cfg.ppo.kl_stop:g}, so the policy it measured "
+            f"(after {report['iterations'] - 1} updates) is the one kept")
     log(f"\nwall time {report['wall_time_s']:.0f} s; model: {out / 'final_model'}; curves: {report['curves']}; "
         f"report: {out / 'report.json'}")
 
