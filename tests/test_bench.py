@@ -283,3 +283,17 @@ def test_merged_results_keep_each_runs_machine():
     merged = merge_results([a, b])
     assert merged["machines"] == [{"cpu_model": "A"}, {"cpu_model": "B"}]
     assert [(r["seed"], merged["machines"][r["machine"]]["cpu_model"]) for r in merged["runs"]] == [(0, "A"), (1, "B"), (2, "A")]
+
+
+def test_bench_ppo_runs_without_the_kl_stop_so_every_iteration_of_the_budget_updates(toy_tok, toy_lm):
+    from tokengym.agents import PPOConfig
+    from tokengym.envs import BatchedTextEnv
+    from tokengym.testing import TOY_PROMPTS
+
+    assert PPOConfig().kl_stop is not None  # the main job's default stops; the benchmark must not
+    args = parse([*COMMON, "--batch-size", "4"])
+    args.lora_r, args.lr, args.dtype = 0, 1e-2, "fp32"  # what the command resolves for the toy model
+    env = BatchedTextEnv(num_envs=4, tokenizer=toy_tok, prompts=TOY_PROMPTS, split=None, max_new_tokens=3,
+                         max_prompt_tokens=4, reward=lambda p, r: 0.0)
+    agent = bench.make_agent("ppo", env, toy_lm[1], args, seed=0)
+    assert agent.config.kl_stop is None
