@@ -17,6 +17,8 @@ from pathlib import Path
 
 from _util import RESULTS, command_line, machine_info, md_table, write_results
 
+from tokengym.utils import NotReplaceableError, check_replaceable, write_marker
+
 KEEP = ("report.json", "metrics.csv", "metrics.jsonl", "heldout.jsonl", "samples.jsonl", "curves.png",
         "overoptimisation.png")
 
@@ -27,12 +29,18 @@ def main() -> None:
     ap.add_argument("--name", default="rlhf_rounds")
     ap.add_argument("--note", action="append", default=[])
     args = ap.parse_args()
+    if not (args.run_dir / "rounds.json").is_file():
+        ap.exit(2, f"run_dir: no rounds.json in {args.run_dir} (the output dir of a finished tokengym rlhf)\n")
     summaries = json.loads((args.run_dir / "rounds.json").read_text())
     dest = RESULTS / args.name
+    try:  # only tokengym's own output (its marker) is replaced, and that is checked before any copy
+        check_replaceable(dest, "--name")
+    except NotReplaceableError as e:
+        ap.exit(2, f"{e}\n")
     if dest.exists():
-        if not (dest / "rounds.json").is_file():  # only this script's own output is replaced
-            raise SystemExit(f"--name: {dest} exists and is not a table of rlhf rounds; choose another --name")
         shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    write_marker(dest, "bench/rlhf_rounds.py")
     rows = []
     for s in summaries:
         r = s["round"]

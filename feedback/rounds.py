@@ -99,15 +99,11 @@ def run_rounds(rounds: int = 2, output_dir: str = "runs/rlhf", seed: int = 0, it
 def evaluate_against(cfg: Any, policy: str, reference: str) -> dict[str, float]:
     """The held-out evaluation of ``policy`` that ``tokengym train`` with ``cfg`` ends with (same
     prompts, seed and batching, hence the same samples), with ``reference`` as the reference."""
-    from tokengym.agents.evaluation import evaluate_policy, reference_logprob_fn
-    from tokengym.models import check_same_vocabulary, load_causal_lm
-    from tokengym.train import make_envs
+    from tokengym.agents.evaluation import evaluate_policy
+    from tokengym.train import load_policy_and_reference, make_envs
 
-    tok, model = load_causal_lm(policy)
-    ref_tok, ref_model = load_causal_lm(reference)
-    check_same_vocabulary(tok, ref_tok, "policy and reference")
+    tok, model, _, ref_fn = load_policy_and_reference(policy, reference, cfg.ppo.temperature)
     _, test_env = make_envs(cfg, tok, cfg.ppo.batch_size)
-    ref_fn = reference_logprob_fn(ref_model, len(tok), temperature=cfg.ppo.temperature, pad_id=tok.pad_token_id)
     metrics, _ = evaluate_policy(model, ref_fn, test_env, cfg.eval_episodes, seed=cfg.ppo.seed,
                                  temperature=cfg.ppo.temperature)
     return metrics

@@ -80,19 +80,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         check_file_replaceable(args.output, _is_evaluate_output, "evaluation results", "--output")
 
-    from tokengym.agents.evaluation import evaluate_policy, reference_logprob_fn
-    from tokengym.models import check_same_vocabulary, load_causal_lm
+    from tokengym.agents.evaluation import evaluate_policy
+    from tokengym.train import load_policy_and_reference
     from tokengym.utils import set_cpu_threads
 
     set_cpu_threads()
     cfg = TrainConfig(env=args.env, model=args.model, eval_episodes=args.episodes)
     if args.reward:
         cfg.reward = args.reward
-    tok, policy = load_causal_lm(args.model)
-    ref_tok, reference = load_causal_lm(args.reference)
-    check_same_vocabulary(tok, ref_tok, "policy and reference")
+    tok, policy, reference, ref_fn = load_policy_and_reference(args.model, args.reference)
     _, test_env = make_envs(cfg, tok, min(16, args.episodes))
-    ref_fn = reference_logprob_fn(reference, len(tok), pad_id=tok.pad_token_id)
     results = {}
     for name, model in (("reference", reference), ("policy", policy)):
         results[name], _ = evaluate_policy(model, ref_fn, test_env, args.episodes, seed=args.seed)

@@ -125,6 +125,18 @@ def make_envs(cfg: TrainConfig, tokenizer: Any, batch_size: int):
     return train, test
 
 
+def load_policy_and_reference(policy: str, reference: str, temperature: float = 1.0):
+    """``(tokenizer, policy model, reference model, reference log-prob function)`` for evaluating ``policy`` against
+    ``reference`` (model specs or folders); refuses two models with different vocabularies."""
+    from tokengym.agents.evaluation import reference_logprob_fn
+    from tokengym.models import check_same_vocabulary, load_causal_lm
+
+    tok, model = load_causal_lm(policy)
+    ref_tok, ref_model = load_causal_lm(reference)
+    check_same_vocabulary(tok, ref_tok, "policy and reference")
+    return tok, model, ref_model, reference_logprob_fn(ref_model, len(tok), temperature=temperature, pad_id=tok.pad_token_id)
+
+
 def _build_task_reward(cfg: TrainConfig, tokenizer: Any, model: Any, progress: bool,
                        log: Callable[[str], None]) -> None:
     """Build the main task's reward model now if the run needs it and it is not cached yet.
