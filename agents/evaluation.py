@@ -11,6 +11,16 @@ same metric names:
 * ``kl_to_reference_k3``: the same KL by the k3 estimator (never negative per sample, lower variance);
 * ``reference_perplexity``: the reference model's perplexity on the samples (fluency as the base
   model sees it); ``distinct_1`` / ``distinct_2`` (diversity); ``mean_length``; ``eos_rate``.
+
+When the reference gives its whole next-token distributions (as every tokengym caller's does), two
+lower-variance forms of the same quantities come with them, computed at the same sampled prefixes:
+
+* ``reference_perplexity_expected``: exp of the mean over sampled prefixes of the reference's
+  cross-entropy of the policy's next-token distribution, ``-sum_v pi(v) log ref(v)``. That is the
+  average of the sampled token's NLL over the token the policy might have drawn there, so its
+  expectation is the perplexity's, without the noise of the single draw;
+* ``kl_to_reference_expected``: the exact KL of the next-token distributions, ``sum_v pi(v) log(pi(v) /
+  ref(v))``, summed over each response: the same sequence KL in expectation as k1, never negative.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from tokengym.envs import BatchedTextEnv
 
 from .advantages import where_mask
 from .kl import kl_per_token
-from .policy import response_forward, token_logprobs
+from .policy import next_token_logprobs, response_forward, token_logprobs
 from .rollout import CachedSampler
 
 RefLogprobs = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -38,15 +48,34 @@ def distinct_n(texts: list[str], n: int) -> float:
 
 
 def reference_logprob_fn(reference: nn.Module, vocab: int, temperature: float = 1.0,
-                         pad_id: int | None = None) -> RefLogprobs:
-    """Log-probs of the response tokens under ``reference``. ``pad_id`` removes the pad token from
-    its distribution, as the sampler does for the policy, so the KL compares like with like."""
+                         pad_id: int | None = None, full: bool = False) -> RefLogprobs:
+    """Log-probs of the response tokens under ``reference``, (B, T); ``full``: its whole next-token
+    distributions, (B, T, V). ``pad_id`` removes the pad token from its distribution, as the sampler
+    does for the policy, so the KL compares like with like."""
     @torch.inference_mode()
     def fn(ids: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> torch.Tensor:
         logits, _ = response_forward(reference, ids, attn, prompt_len, temperature)
+        if full:
+            return next_token_logprobs(logits, vocab, pad_id)
         return token_logprobs(logits, ids[:, prompt_len:], vocab, entropy=None, pad_id=pad_id)[0]
 
     return fn
+
+
+def _expected_nll_and_kl(policy: nn.Module, ref_all: torch.Tensor, ids: torch.Tensor, attn: torch.Tensor,
+                         prompt_len: int, temperature: float, vocab: int, pad_id: int | None,
+                         mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per response (B,): the summed cross-entropy ``-sum_v pi log ref`` and KL ``sum_v pi log(pi/ref)`` of
+    the next-token distributions at each sampled prefix. ``ref_all`` (B, T, V) is the reference's."""
+    logits, _ = response_forward(policy, ids, attn, prompt_len, temperature)
+    pol_all = next_token_logprobs(logits, vocab, pad_id)
+    p = pol_all.exp()
+    # A token masked out of both distributions (pad) has p = 0 and log-prob -inf: it adds nothing,
+    # where the plain product would be 0 * -inf = NaN.
+    floor = torch.finfo(ref_all.dtype).min
+    cross = -(p * ref_all.clamp(min=floor)).sum(-1)
+    entropy = -(p * pol_all.clamp(min=floor)).sum(-1)
+    return where_mask(cross, mask).sum(1), where_mask(cross - entropy, mask).sum(1)
 
 
 @torch.inference_mode()
@@ -58,6 +87,10 @@ def evaluate_policy(
 
     The prompts are the first ``episodes`` items of the env's prompt set in order, so two calls
     (before and after training) see exactly the same prompts and sampling seed.
+
+    ``ref_logprobs`` returns the reference's log-probs of the response tokens, (B, T), or its whole
+    next-token distributions, (B, T, V); with the latter the metrics add ``reference_perplexity_expected``
+    and ``kl_to_reference_expected`` (see the module docstring), at the cost of one policy forward per batch.
 
     ``policy`` may be on any device: the samples are moved to it and ``ref_logprobs`` gets them there
     (the reference of the same agent lives on the same device). The evaluation runs in fp32, without
@@ -71,6 +104,9 @@ def evaluate_policy(
     gen = torch.Generator().manual_seed(seed)
     n_prompts = len(env.prompts)
     scores, golds, kls, kls_k3, nlls, lengths, stopped, samples = [], [], [], [], [], [], [], []
+    expected_nlls, expected_kls = [], []
+    base = getattr(env, "unwrapped", env)
+    vocab, pad_id = base.vocab_size, base.pad_token_id  # what the sampler masks, so both sides match
     for start in range(0, episodes, env.num_envs):
         idx = np.arange(start, start + env.num_envs) % n_prompts
         b = sampler.rollout(env, seed=seed + start, generator=gen, options={"prompt_indices": idx}).to(device)
@@ -79,7 +115,16 @@ def evaluate_policy(
         # Selected, not multiplied, by the mask: a reference that rules out pad gives -inf at the
         # padding positions after a response, and -inf * 0 is NaN.
         # The sampler's log-probs are already 0 off the mask, so masking ``ref`` once zeroes both sums there.
-        ref = where_mask(ref_logprobs(b.input_ids, b.attention_mask, P), b.response_mask)
+        ref = ref_logprobs(b.input_ids, b.attention_mask, P)
+        if ref.dim() == 3:  # the whole next-token distributions
+            ref_all = ref
+            ref = ref_all.gather(-1, b.input_ids[:, P:].unsqueeze(-1)).squeeze(-1)
+            nll, kl = _expected_nll_and_kl(policy, ref_all, b.input_ids, b.attention_mask, P, temperature,
+                                           vocab, pad_id, b.response_mask)
+            expected_nlls.append(nll)
+            expected_kls.append(kl)
+            del ref_all
+        ref = where_mask(ref, b.response_mask)
         kls.append((logp - ref).sum(1))
         kls_k3.append(kl_per_token(logp, ref, "k3", mask=b.response_mask).sum(1))
         nlls.append((-ref).sum(1))
@@ -100,6 +145,8 @@ def evaluate_policy(
         "kl_to_reference": cat(kls).mean().item(),
         "kl_to_reference_k3": cat(kls_k3).mean().item(),
         "reference_perplexity": float(np.exp((cat(nlls).sum() / length.sum().clamp(min=1)).item())),
+        **({"reference_perplexity_expected": float(np.exp((cat(expected_nlls).sum() / length.sum().clamp(min=1)).item())),
+            "kl_to_reference_expected": cat(expected_kls).mean().item()} if expected_nlls else {}),
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
         "mean_length": length.mean().item(),

@@ -95,6 +95,15 @@ def response_forward(
     return logits, hidden
 
 
+def next_token_logprobs(logits: torch.Tensor, vocab: int, pad_id: int | None = None) -> torch.Tensor:
+    """fp32 log-probs of the whole next-token distribution, (B, T, V) from ``logits`` (B, T, >= V):
+    the model's extra padding columns cut off and the pad token at -inf (see :func:`token_logprobs`)."""
+    logits = logits[..., :vocab].float()
+    if pad_id is not None:
+        logits = mask_pad_logits(logits, pad_id)
+    return torch.log_softmax(logits, dim=-1)
+
+
 def token_logprobs(
     logits: torch.Tensor, tokens: torch.Tensor, vocab: int, entropy: bool | None = True, pad_id: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -111,10 +120,7 @@ def token_logprobs(
     Logits of a bf16 forward are cast to fp32 first: differences of these log-probs (ratios, KL) are
     where bf16's three significant digits would show up.
     """
-    logits = logits[..., :vocab].float()
-    if pad_id is not None:
-        logits = mask_pad_logits(logits, pad_id)
-    logp_all = torch.log_softmax(logits, dim=-1)
+    logp_all = next_token_logprobs(logits, vocab, pad_id)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if entropy is None:
         return logp, None
@@ -189,14 +195,18 @@ class ActorCritic(nn.Module):
     @torch.inference_mode()
     def reference_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float,
-        autocast_dtype: torch.dtype | None = None,
+        autocast_dtype: torch.dtype | None = None, full: bool = False,
     ) -> torch.Tensor:
         """Log-probs of the response tokens under the frozen reference, (B, T) fp32. The agent passes its
-        ``autocast_dtype``; without it (the evaluation's default) the forward is plain fp32."""
+        ``autocast_dtype``; without it (the evaluation's default) the forward is plain fp32. ``full``
+        returns the reference's whole next-token distributions instead, (B, T, V): the evaluation
+        computes the expected perplexity and KL from them (:func:`tokengym.agents.evaluation.evaluate_policy`)."""
         model = self.policy if self.uses_lora else self.reference
         with self.reference_context():
             logits, _ = response_forward(model, input_ids, attention_mask, prompt_len, temperature,
                                          autocast_dtype=autocast_dtype, weights=self.frozen_weights(model, autocast_dtype))
+        if full:
+            return next_token_logprobs(logits, self.vocab_size, self.pad_token_id)
         return token_logprobs(logits, input_ids[:, prompt_len:], self.vocab_size, entropy=None, pad_id=self.pad_token_id)[0]
 
     def reference_fingerprint(self) -> str:

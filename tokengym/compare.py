@@ -270,7 +270,7 @@ def evaluate(policy: Any, reference: Any, env: Any, n: int, seed: int) -> dict[s
     from tokengym.agents.evaluation import evaluate_policy, reference_logprob_fn
 
     policy.eval()
-    ref_fn = reference_logprob_fn(reference, env.vocab_size, pad_id=env.pad_token_id)
+    ref_fn = reference_logprob_fn(reference, env.vocab_size, pad_id=env.pad_token_id, full=True)
     metrics, samples = evaluate_policy(policy, ref_fn, env, n, seed=seed)
     return {**metrics, "samples": samples[:3]}
 

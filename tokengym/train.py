@@ -134,7 +134,8 @@ def load_policy_and_reference(policy: str, reference: str, temperature: float = 
     tok, model = load_causal_lm(policy)
     ref_tok, ref_model = load_causal_lm(reference)
     check_same_vocabulary(tok, ref_tok, "policy and reference")
-    return tok, model, ref_model, reference_logprob_fn(ref_model, len(tok), temperature=temperature, pad_id=tok.pad_token_id)
+    return tok, model, ref_model, reference_logprob_fn(ref_model, len(tok), temperature=temperature, pad_id=tok.pad_token_id,
+                                                          full=True)
 
 
 def _build_task_reward(cfg: TrainConfig, tokenizer: Any, model: Any, progress: bool,
@@ -217,7 +218,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
 
     def evaluate() -> tuple[dict[str, float], list[dict[str, Any]]]:
         # On the agent's device, in fp32 (no autocast) even when training runs bf16: evaluate_policy says why.
-        ref_fn = lambda ids, attn, P: agent.ac.reference_logprobs(ids, attn, P, ppo_cfg.temperature)  # noqa: E731
+        ref_fn = lambda ids, attn, P: agent.ac.reference_logprobs(ids, attn, P, ppo_cfg.temperature, full=True)  # noqa: E731
         return evaluate_policy(agent.ac.policy, ref_fn, test_env, cfg.eval_episodes, seed=ppo_cfg.seed,
                                temperature=ppo_cfg.temperature)
 
@@ -333,9 +334,9 @@ def print_report(report: dict[str, Any], cfg: TrainConfig, log: Callable[[str], 
 def print_table(title: str, before: dict[str, float], after: dict[str, float] | None,
                 log: Callable[[str], None] = print) -> None:
     log(f"\n{title}")
-    log(f"{'metric':<24}{'before':>12}" + (f"{'after':>12}" if after else ""))
+    log(f"{'metric':<31}{'before':>12}" + (f"{'after':>12}" if after else ""))
     for k, v in before.items():
-        line = f"{k:<24}{v:>12.4f}"
+        line = f"{k:<31}{v:>12.4f}"
         if after:
-            line += f"{after[k]:>12.4f}"
+            line += f"{after.get(k, float('nan')):>12.4f}"
         log(line)
