@@ -36,7 +36,7 @@ from tokengym.envs import BatchedTextEnv
 from .advantages import where_mask
 from .kl import kl_per_token
 from .policy import next_token_logprobs, response_forward, token_logprobs
-from .rollout import CachedSampler
+from .rollout import CachedSampler, entropy_from_logprobs
 
 RefLogprobs = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -72,9 +72,8 @@ def _expected_nll_and_kl(policy: nn.Module, ref_all: torch.Tensor, ids: torch.Te
     p = pol_all.exp()
     # A token masked out of both distributions (pad) has p = 0 and log-prob -inf: it adds nothing,
     # where the plain product would be 0 * -inf = NaN.
-    floor = torch.finfo(ref_all.dtype).min
-    cross = -(p * ref_all.clamp(min=floor)).sum(-1)
-    entropy = -(p * pol_all.clamp(min=floor)).sum(-1)
+    cross = -(p * ref_all.clamp(min=torch.finfo(ref_all.dtype).min)).sum(-1)
+    entropy = entropy_from_logprobs(pol_all)
     return where_mask(cross, mask).sum(1), where_mask(cross - entropy, mask).sum(1)
 
 
@@ -138,14 +137,15 @@ def evaluate_policy(
                             **({"gold": float(b.gold_scores[i])} if b.gold_scores is not None else {})})
     cat = lambda xs: torch.cat(xs)[:episodes]  # noqa: E731
     length = cat(lengths).float()
+    tokens = length.sum().clamp(min=1)
     texts = [s["response"] for s in samples[:episodes]]
     metrics = {
         "proxy_score": cat(scores).mean().item(),
         "gold_score": cat(golds).mean().item() if golds else float("nan"),
         "kl_to_reference": cat(kls).mean().item(),
         "kl_to_reference_k3": cat(kls_k3).mean().item(),
-        "reference_perplexity": float(np.exp((cat(nlls).sum() / length.sum().clamp(min=1)).item())),
-        **({"reference_perplexity_expected": float(np.exp((cat(expected_nlls).sum() / length.sum().clamp(min=1)).item())),
+        "reference_perplexity": float(np.exp((cat(nlls).sum() / tokens).item())),
+        **({"reference_perplexity_expected": float(np.exp((cat(expected_nlls).sum() / tokens).item())),
             "kl_to_reference_expected": cat(expected_kls).mean().item()} if expected_nlls else {}),
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
