@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _util import RESULTS, command_line, machine_info, md_table, write_results  # noqa: E402
 
 
-
 def _ppl_key(b: dict, a: dict) -> str:
     """The perplexity both evaluations have, the lower-noise expected form first (see the docstring)."""
     key = "reference_perplexity_expected"
@@ -61,6 +60,7 @@ def main() -> int:
     from tokengym.utils import written_by_tokengym
 
     root = RESULTS / f"main_job{args.tag}"
+    nan = float("nan")  # older reports lack the expected forms
     rows, reports = [], {}
     for seed in seeds:
         data: dict = {"output_dir": str(root / f"seed{seed}")}
@@ -80,7 +80,6 @@ def main() -> int:
         reports[seed] = report
         b, a = report["before"], report["after"]
         ok = {k: bool(check(b, a)) for k, (_, check) in TARGETS.items()}
-        nan = float("nan")  # older reports lack the expected forms
         rows.append([seed, b["gold_score"], a["gold_score"], a["gold_score"] - b["gold_score"], a["proxy_score"],
                      a["kl_to_reference"], a.get("kl_to_reference_expected", nan),
                      b["reference_perplexity"], a["reference_perplexity"],
