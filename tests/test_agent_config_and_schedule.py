@@ -159,8 +159,8 @@ def test_prompt_schedule_progress_follows_the_total_and_is_zero_without_one(toy_
 # One set of defaults: the main job's; each algorithm declares only its own fields and differences
 # ----------------------------------------------------------------------------------------------
 MAIN_JOB = dict(batch_size=32, minibatch_size=16, micro_batch_size=8, ppo_epochs=4, lora_r=16, lora_alpha=32,
-                learning_rate=3e-4, anneal_lr=False, kl_coef=0.1, kl_target=2.0, kl_horizon=32, kl_stop=3.5,
-                vf_coef=0.1, ent_coef=0.015, sample_every=2, checkpoint_every=5)
+                learning_rate=3e-4, anneal_lr=False, kl_coef=0.1, kl_target=2.0, kl_horizon=32, kl_stop=4.0,
+                vf_coef=0.1, ent_coef=0.01, sample_every=2, checkpoint_every=5)
 
 
 def test_ppo_defaults_are_the_main_jobs_settings() -> None:
