@@ -45,7 +45,7 @@ class PPOConfig(OnPolicyConfig):
     #   keeps the text varied, but it also keeps the policy's own entropy high, and the reference's
     #   perplexity of the samples grows with that entropy as well as with the KL: 0.015 put one seed's
     #   perplexity at +18 %, 0.02 doubled it on another (the text turns random). At 0.01 the perplexity
-    #   falls on every seed and distinct-2 stays within 0.02 of the base model's.
+    #   falls on two seeds of three and rises 8 % on the third.
     # * Batch 16 over a fixed 10 iterations ended anywhere between 3.3 and 6.0 nats: seeds drift at
     #   different speeds and the drift accelerates late. Batch 32 (2 minibatches of 16) halves the
     #   gradient noise and learns about twice as fast per iteration; the run then stops on the KL

@@ -88,9 +88,10 @@ def main() -> int:
                      " ".join(name for k, (name, _) in TARGETS.items() if not ok[k]) or "all met"])
         print(f"seed {seed}: {rows[-1]}", flush=True)
     cols = list(zip(*rows))
-    stats = [["mean"] + [sum(c) / len(c) for c in cols[1:15]] + [""],
-             ["min"] + [min(c) for c in cols[1:15]] + [""],
-             ["max"] + [max(c) for c in cols[1:15]] + [""]]
+    numeric = cols[1:-1]  # every column between the seed and the "targets missed" text
+    stats = [["mean"] + [sum(c) / len(c) for c in numeric] + [""],
+             ["min"] + [min(c) for c in numeric] + [""],
+             ["max"] + [max(c) for c in numeric] + [""]]
     headers = ["seed", "gold before", "gold after", "gold gain", "proxy after", "KL after", "exact KL after",
                "ppl before", "ppl after", "expected ppl before", "expected ppl after",
                "distinct-2 before", "distinct-2 after", "iterations", "wall s", "targets missed"]
