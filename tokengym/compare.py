@@ -6,8 +6,9 @@ Every run (algorithm x seed) starts from the same weights, optimises the same re
 fixed KL coefficient (per-token penalty against a frozen copy of the initial model; SB3 through
 :class:`~tokengym.agents.sb3.KLPenaltyWrapper`), and stops once it has generated ``--budget``
 response tokens (a run finishes its last rollout, so it may overshoot by up to one batch; the
-tokens column says how many it generated). The default budget is what the main job trains on
-before its KL stop on its fastest seed.
+tokens column says how many it generated). The default budget is the most the main job trains on
+before its KL stop on any of its 3 seeds (9 rollouts of 32 x 24 tokens), so every algorithm gets at
+least what PPO needs there to raise the gold score by 0.3.
 
 Each run is evaluated on the held-out prompts by the one evaluator
 (:func:`tokengym.agents.evaluation.evaluate_policy`: proxy, gold, KL k1 and k3, perplexity,
@@ -341,9 +342,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2", help="'toy', 'tiny', 'smollm2' (default) or a local model path")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds: seed-start .. seed-start+N-1")
     p.add_argument("--seed-start", type=int, default=0, help="first seed (to add seeds to an earlier run's JSON)")
-    p.add_argument("--budget", type=int, default=4608,
-                   help="generated response tokens per run (default 12 x 16 x 24: what the main job trains on "
-                        "before its KL stop on its fastest seed, 6 x 32 x 24)")
+    p.add_argument("--budget", type=int, default=6912,
+                   help="generated response tokens per run (default 18 x 16 x 24 = 6,912: the most the main job "
+                        "trains on before its KL stop on any of its 3 seeds, 9 x 32 x 24)")
     p.add_argument("--out", default="bench/results", help="output folder")
     p.add_argument("--name", default="algos", help="file stem of the outputs")
     p.add_argument("--batch-size", type=int, default=16, help="episodes per rollout (tokengym agents; SB3 n_steps = this x max_new_tokens)")
