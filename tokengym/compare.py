@@ -8,7 +8,7 @@ fixed KL coefficient (per-token penalty against a frozen copy of the initial mod
 response tokens (a run finishes its last rollout, so it may overshoot by up to one batch; the
 tokens column says how many it generated). The default budget is the most the main job trains on
 before its KL stop on any of its 3 seeds (9 rollouts of 32 x 24 tokens), so every algorithm gets at
-least what PPO needs there to raise the gold score by 0.3.
+least the tokens with which the main job's PPO raises the gold score by 0.3.
 
 Each run is evaluated on the held-out prompts by the one evaluator
 (:func:`tokengym.agents.evaluation.evaluate_policy`: proxy, gold, KL k1 and k3, perplexity,
