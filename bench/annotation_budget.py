@@ -66,6 +66,7 @@ def main() -> int:
     parser.add_argument("--rm-dtypes", default="auto", help="reward-model training precisions: auto, fp32, bf16")
     parser.add_argument("--lrs", default=None, help="reward-model learning rates, comma-separated (default: the recipe's)")
     parser.add_argument("--rm-batch-sizes", default=None, help="judgements per reward-model step, comma-separated (default: the recipe's)")
+    parser.add_argument("--annotators", default="1", help="simulated annotators comparing every pair, comma-separated")
     parser.add_argument("--group", default="0", help="0, 1 or 0,1: whole prompts per batch, each response scored once")
     parser.add_argument("--samples-cache", default=None, metavar="FILE",
                         help="JSON file keeping the generated candidates and evaluation samples: read when it exists "
@@ -90,6 +91,9 @@ def main() -> int:
     lrs = parse_list("--lrs", args.lrs, float)
     bss = parse_list("--rm-batch-sizes", args.rm_batch_sizes, int)
     groups = parse_list("--group", args.group, zero_or_one)
+    n_annotators = parse_list("--annotators", args.annotators, int)
+    if not all(a >= 1 for a in n_annotators):
+        parser.error("--annotators: each a positive integer")
     if lrs is not None and not all(x > 0 for x in lrs):
         parser.error("--lrs: each a positive number")
     if bss is not None and not all(x >= 1 for x in bss):
@@ -136,12 +140,12 @@ def main() -> int:
     progress(f"{len(eval_rows)} evaluation samples, {len(pairs)} pairs with a gold preference")
     results = []
     with tempfile.TemporaryDirectory(prefix="tokengym-budget-") as tmp:
-        for k, ep, n, dt, lr, bs, grp in itertools.product(ks, epochs, budgets, dtypes, lrs, bss, groups):
+        for k, ep, n, dt, lr, bs, grp, na in itertools.product(ks, epochs, budgets, dtypes, lrs, bss, groups, n_annotators):
             recipe = replace(DEFAULT_RECIPE, temperatures=TEMPERATURE_POOL[:k], max_comparisons=n, epochs=ep, dtype=dt,
-                             lr=lr, rm_batch_size=bs, group_by_prompt=grp)
+                             lr=lr, rm_batch_size=bs, group_by_prompt=grp, annotators=na)
             rows = all_rows[: k * n_prompts]  # generated temperature by temperature: the first k of each prompt
             t1 = time.time()
-            out = Path(tmp) / f"rm{k}-{ep}-{n}-{dt}-{lr}-{bs}-{int(grp)}"
+            out = Path(tmp) / f"rm{k}-{ep}-{n}-{dt}-{lr}-{bs}-{int(grp)}-{na}"
             info = build_reward_model(out, recipe, candidates=rows, log=None, progress=False)
             rm = LearnedReward(out)
             scores = rm([r[0] for r in eval_rows], [r[1] for r in eval_rows])
@@ -149,21 +153,22 @@ def main() -> int:
             acc = float(correct.mean())
             dt_used = dtype_name(resolve_dtype(dt, "cpu"))
             results.append({"candidates_per_prompt": k, "epochs": ep, "rm_dtype": dt_used, "comparisons": info["comparisons"],
-                            "lr": lr, "rm_batch_size": bs, "group_by_prompt": grp,
+                            "lr": lr, "rm_batch_size": bs, "group_by_prompt": grp, "annotators": na,
                             "test_gold_accuracy": acc, "test_gold_accuracy_se": float(correct.std() / np.sqrt(len(correct))),
                             "build_heldout_gold_accuracy": info["heldout_gold_accuracy"],
                             "train_s": round(time.time() - t1, 1)})
-            progress(f"K={k} epochs={ep:g} {dt_used} lr={lr:g} batch={bs} grouped={grp} {info['comparisons']} comparisons: "
+            progress(f"K={k} epochs={ep:g} {dt_used} lr={lr:g} batch={bs} grouped={grp} annotators={na} "
+                     f"{info['comparisons']} comparisons: "
                      f"accuracy vs gold on the test samples "
                      f"{acc:.3f}")
     rows_md = [[r["candidates_per_prompt"], f"{r['epochs']:g}", r["rm_dtype"], f"{r['lr']:g}", r["rm_batch_size"],
-                "yes" if r["group_by_prompt"] else "no", r["comparisons"],
+                "yes" if r["group_by_prompt"] else "no", r["annotators"], r["comparisons"],
                 f"{r['test_gold_accuracy']:.3f} ± {r['test_gold_accuracy_se']:.3f}",
                 f"{r['build_heldout_gold_accuracy']:.3f}", r["train_s"]] for r in results]
     md = [
         "### Annotation budget: reward-model accuracy against the gold judge (`tokengym/PositiveReview-v1`)", "",
         md_table(["candidates per prompt", "epochs", "RM training dtype", "lr", "batch (judgements)",
-                  "whole prompts per batch", "simulated comparisons",
+                  "whole prompts per batch", "annotators per pair", "simulated comparisons",
                   "pairwise accuracy vs gold, test prompts (± s.e.)", "same, the build's held-out train prompts",
                   "label + train s"], rows_md), "",
         f"* Evaluation: {len(eval_rows)} fresh reference samples of the {len(eval_rows) // len(EVAL_TEMPERATURES)} "
@@ -171,8 +176,8 @@ def main() -> int:
         "pairs whose VADER scores differ; the same set for every variant. s.e. is the binomial standard error "
         "of the mean over those pairs (pairs sharing a prompt are correlated, so it is a lower bound).",
         f"* Candidates: K continuations of each of the {n_prompts} train prompts at temperatures "
-        f"{', '.join(f'{t:g}' for t in TEMPERATURE_POOL[:max(ks)])} (the first K). Labels: a simulated annotator who "
-        "agrees with the gold judge on 90 % of pairs; all-MiniLM-L6-v2 (bf16 = autocast, fp32 weights), "
+        f"{', '.join(f'{t:g}' for t in TEMPERATURE_POOL[:max(ks)])} (the first K). Labels: every pair compared by each of "
+        "the simulated annotators, each agreeing with the gold judge on 90 % of pairs, with independent noise; all-MiniLM-L6-v2 (bf16 = autocast, fp32 weights), "
         "otherwise the main task's recipe.",
         f"* Machine: {machine_info()}", f"* Command: `{command_line()}`; total {time.time() - t0:.0f} s.",
     ]

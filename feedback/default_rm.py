@@ -52,6 +52,9 @@ class RewardModelRecipe:
     max_new_tokens: int = 24  # the task's response length, so the model is trained on what it will score
     max_prompt_tokens: int = 32
     annotator_accuracy: float = 0.9
+    # Simulated annotators who each compare every pair, with independent noise (each at
+    # ``annotator_accuracy``); more of them average the label noise out of the training signal.
+    annotators: int = 1
     gold: str = "vader"
     # 4 epochs, the learning rate annealed to 0. Pairs trained one by one overfit after about one epoch
     # (each response is then seen in K-1 separate steps per epoch); with whole prompts per batch
@@ -81,6 +84,8 @@ class RewardModelRecipe:
             del fields["dtype"]
         if not fields["group_by_prompt"]:
             del fields["group_by_prompt"]
+        if fields["annotators"] == 1:
+            del fields["annotators"]
         text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -208,10 +213,11 @@ def build_reward_model(out: str | os.PathLike, recipe: RewardModelRecipe = DEFAU
                               for pid, items in zip(prompt_ids, by_prompt.values()) for text, T in items])
         sim = LabelSimulator(store, judge, seed=recipe.seed)
         n_pairs = sum(len(v) * (len(v) - 1) // 2 for v in by_prompt.values())
-        annotator = SimulatedAnnotator("sim-0", accuracy=recipe.annotator_accuracy, seed=recipe.seed)
+        annotators = [SimulatedAnnotator(f"sim-{i}", accuracy=recipe.annotator_accuracy, seed=recipe.seed + i)
+                      for i in range(recipe.annotators)]
         if recipe.max_comparisons is not None:
             n_pairs = min(recipe.max_comparisons, n_pairs)
-        n_labels = sim.label_pairs([annotator], sim.sample_pairs(n_pairs))
+        n_labels = sim.label_pairs(annotators, sim.sample_pairs(n_pairs))
         rm_cfg = RMConfig(epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.rm_batch_size,
                           max_length=recipe.max_length, heldout_fraction=recipe.heldout_fraction,
                           reference_round=0, kinds=("compare",), dtype=recipe.dtype,

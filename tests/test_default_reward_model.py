@@ -57,6 +57,29 @@ def test_the_reward_model_is_built_once_and_reused(cache: Path, smol_tiny_llama,
 
 def test_a_changed_recipe_never_reuses_a_stale_model():
     assert cached_path(TINY) != cached_path(replace(TINY, annotator_accuracy=0.8))
+    assert cached_path(TINY) != cached_path(replace(TINY, annotators=3))
+    # Fields added later leave the name of a recipe at their defaults unchanged: caches stay valid.
+    assert cached_path(TINY) == cached_path(replace(TINY, annotators=1, max_comparisons=None, group_by_prompt=True))
+
+
+def test_several_annotators_each_compare_every_pair_with_their_own_noise(cache: Path, smol_tiny_llama,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    from tokengym.feedback.simulate import LabelSimulator
+
+    seen = []
+    original = LabelSimulator.label_pairs
+
+    def recording(self, annotators, pairs):
+        seen.extend(annotators)
+        return original(self, annotators, pairs)
+
+    monkeypatch.setattr(LabelSimulator, "label_pairs", recording)
+    recipe = replace(TINY, annotators=3)
+    info = default_rm.build_reward_model(cache / "rm3", recipe, progress=False, log=None, policy=smol_tiny_llama,
+                                         reward_model=tiny_reward_model)
+    assert info["comparisons"] == 3 * 12  # one pair per prompt, compared by each of the 3
+    # Independent noise: each annotator draws from its own random stream.
+    assert len({a.name for a in seen}) == len({a.seed for a in seen}) == 3
 
 
 def test_a_killed_build_leaves_no_half_written_cache(cache: Path, smol_tiny_llama, monkeypatch: pytest.MonkeyPatch):

@@ -297,3 +297,18 @@ def test_every_tensor_of_a_step_is_on_the_agent_device(toy_tok, make_toy_lm):
             assert t.device == agent.device, name
     assert indices and set(indices) == {agent.device}
     assert metrics["score"] == metrics["score"] and metrics["kl"] == metrics["kl"]
+
+
+def test_train_writes_every_evaluation_sample_its_report_measured(tmp_path):
+    from tokengym.agents.evaluation import distinct_n
+    from tokengym.testing import tiny_train_config
+    from tokengym.train import make_train_config, run
+
+    cfg = make_train_config(tiny_train_config(tmp_path, eval_episodes=4))
+    run(cfg, progress=False, log=lambda *_: None)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "eval_samples.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["before"] * 4 + ["after"] * 4
+    for stage in ("before", "after"):
+        texts = [r["response"] for r in rows if r["stage"] == stage]
+        assert distinct_n(texts, 2) == pytest.approx(report[stage]["distinct_2"])

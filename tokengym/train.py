@@ -231,6 +231,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
         before, before_samples = evaluate()
         atomic_write_text(report_path, json.dumps({"config": asdict(cfg), "before": before,
                                                    "before_samples": before_samples[:8]}, indent=1))
+        _write_eval_samples(out / "eval_samples.jsonl", "before", before_samples)
     heldout_path = out / "heldout.jsonl"
     heldout = _read_heldout(heldout_path, agent.iteration) if resume else []
     if before is not None and not heldout:
@@ -248,6 +249,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     if dist.rank() != 0:  # rank 0 alone evaluates and writes the model and report
         return None
     after, after_samples = evaluate()
+    _write_eval_samples(out / "eval_samples.jsonl", "after", after_samples)
     heldout.append({"iteration": agent.iteration, **after})
     atomic_write_text(heldout_path, "".join(json.dumps(r) + "\n" for r in heldout))
     agent.save_pretrained(out / "final_model")
@@ -263,6 +265,20 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     report["curves"] = str(plot)
     report["overoptimisation_plot"] = str(overopt_plot) if overopt_plot else None
     return report
+
+
+def _write_eval_samples(path: Path, stage: str, samples: list[dict[str, Any]]) -> None:
+    """Every held-out evaluation sample, ``stage`` "before" or "after", one JSON line each: the
+    report's metrics are computed on exactly these, so a reader can check any of them (which bigrams
+    repeat, which responses the gold judge liked) without rerunning. "after" keeps the "before" lines
+    already written (a resumed run evaluated the base model in its first session)."""
+    from tokengym.utils import atomic_write_text
+
+    kept = []
+    if stage == "after" and path.is_file():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("stage") == "before"]
+    lines = kept + [json.dumps({"stage": stage, **s}) for s in samples]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _read_heldout(path: Path, up_to: int) -> list[dict[str, Any]]:
