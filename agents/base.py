@@ -165,6 +165,8 @@ class OnPolicyAgent(UpdateLoop, ABC):
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
         self.stopped_at_kl: float | None = None  # the rollout KL that ended the run under ``kl_stop``
+        self.rolled_back = False  # whether ``kl_rollback`` returned the policy to the one before the last update
+        self._before_update: dict[str, torch.Tensor] | None = None  # trainable weights before the last update
         self.run_dir = Path(run_dir) if run_dir else None
         self.logger = MetricsLogger(run_dir, enabled=self.rank == 0)
         # Optional prompt schedule (e.g. ``agents.aids.CurriculumScheduler``), called before each rollout
@@ -227,7 +229,17 @@ class OnPolicyAgent(UpdateLoop, ABC):
             # budget (one update can add 2 nats late in a run). The stop is kept in the checkpoint,
             # so a resumed run stops here too; ``learn`` ends the loop on it.
             self.stopped_at_kl = mean_kl
+            if (self.config.kl_rollback is not None and mean_kl > self.config.kl_rollback
+                    and self._before_update is not None):
+                # The last update jumped past the budget: keep the policy before it instead.
+                with torch.no_grad():
+                    for name, p in self.ac.named_parameters():
+                        if name in self._before_update:
+                            p.copy_(self._before_update[name])
+                self.rolled_back = True
         if self.stopped_at_kl is None:
+            if self.config.kl_rollback is not None:
+                self._before_update = {n: p.detach().clone() for n, p in self.ac.named_parameters() if p.requires_grad}
             stats = self.update(exp)
             self.kl_ctl.update(mean_kl, len(batch) * dist.world_size())
         else:
@@ -236,6 +248,7 @@ class OnPolicyAgent(UpdateLoop, ABC):
         self.iteration += 1
         metrics = self._metrics(exp, stats, mean_kl, t_rollout, t_update, time.perf_counter() - t0)
         metrics["updated"] = float(self.stopped_at_kl is None)
+        metrics["rolled_back"] = float(self.rolled_back)
         self.logger.log(self.iteration, metrics)
         if self.config.sample_every and self.iteration % self.config.sample_every == 0:
             self.logger.log_samples(self.iteration, self.sample_table(exp))

@@ -90,6 +90,7 @@ def save_checkpoint(agent: OnPolicyAgent, path: str | Path) -> None:
             # skips just before the save and let a third bad one pass as the first.
             "nonfinite_streak": agent.nonfinite_streak,
             "stopped_at_kl": agent.stopped_at_kl,
+            "rolled_back": agent.rolled_back,
             # A full fine-tuning checkpoint holds the policy but not the reference (a copy of the
             # model given to the agent): the fingerprint lets a resume check it got the same one.
             "reference_fingerprint": agent.ac.reference_fingerprint(),
@@ -176,6 +177,7 @@ def load_checkpoint(agent: OnPolicyAgent, path: str | Path) -> None:
     agent.nonfinite_total = state["nonfinite_total"]
     agent.nonfinite_streak = int(state.get("nonfinite_streak", 0))
     agent.stopped_at_kl = state.get("stopped_at_kl")
+    agent.rolled_back = bool(state.get("rolled_back", False))
     agent._load_rng_extra(state.get("rng_extra", {}))
     agent._load_extra_state(state.get("agent_state", {}))
     _load_rank_rng(agent, path, state)

@@ -179,3 +179,23 @@ def test_kl_stop_ends_the_run_at_the_first_rollout_over_the_budget_and_a_resume_
     unstopped = PPOAgent(toy_env(toy_tok), model(toy_tok), cfg())
     unstopped.learn(len(kls) + 1, progress=False)
     assert unstopped.iteration == len(kls) + 1 and unstopped.stopped_at_kl is None
+
+
+def test_kl_rollback_returns_the_policy_to_the_one_before_the_update_that_jumped_past_the_budget(toy_tok, tmp_path) -> None:
+    budget = 1e-3
+    agent = PPOAgent(toy_env(toy_tok), model(toy_tok), cfg(kl_stop=budget, kl_rollback=budget))
+    weights = lambda: tensors_fingerprint(agent.ac.policy.state_dict().items())  # noqa: E731
+    seen = [weights()]
+    rows = agent.learn(12, callback=lambda i, m: seen.append(weights()), progress=False)
+    assert agent.stopped_at_kl is not None and agent.stopped_at_kl > budget and 1 < agent.iteration < 12
+    assert agent.rolled_back and rows[-1]["rolled_back"] == 1.0 and rows[-2]["rolled_back"] == 0.0
+    # The policy kept is the one the previous (under-budget) rollout measured, not the last update's.
+    assert seen[-1] == seen[-3] != seen[-2]
+    agent.save_checkpoint(tmp_path / "ck")
+    again = PPOAgent(toy_env(toy_tok), model(toy_tok), cfg(kl_stop=budget, kl_rollback=budget))
+    again.load_checkpoint(tmp_path / "ck")
+    assert again.rolled_back and weights() == tensors_fingerprint(again.ac.policy.state_dict().items())
+    # A crossing under kl_rollback keeps the measured policy, as without it.
+    kept = PPOAgent(toy_env(toy_tok), model(toy_tok), cfg(kl_stop=budget, kl_rollback=1e6))
+    kept.learn(12, progress=False)
+    assert kept.stopped_at_kl is not None and not kept.rolled_back

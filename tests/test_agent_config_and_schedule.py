@@ -47,7 +47,7 @@ BAD_VALUES = [
     ("adam_eps", 0.0), ("max_grad_norm", 0.0), ("temperature", 0.0), ("temperature", float("inf")),
     ("clip_range", 0.0), ("clip_range_value", -0.2), ("gamma", 1.5), ("gamma", -0.1), ("lam", 1.01),
     ("vf_coef", -0.1), ("kl_coef", -0.01), ("ent_coef", float("nan")), ("kl_target", 0.0),
-    ("missing_eos_penalty", float("inf")), ("score_clip", 0.0), ("target_kl", -1.0), ("kl_stop", 0.0),
+    ("missing_eos_penalty", float("inf")), ("score_clip", 0.0), ("target_kl", -1.0), ("kl_stop", 0.0), ("kl_rollback", 0.0),
     ("ratio_threshold", 1.0),
     ("kl_estimator", "k2"), ("ppo_epochs", 1.5), ("minibatch_size", True),
 ]

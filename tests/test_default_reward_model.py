@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tokengym.feedback import default_rm
-from tokengym.feedback.default_rm import RewardModelRecipe, cached_path, ensure_reward_model
+from tokengym.feedback.default_rm import DEFAULT_RECIPE, RewardModelRecipe, cached_path, ensure_reward_model
 from tokengym.feedback.rm_training import tiny_reward_model
 from tokengym.rewards import resolve_reward
 from tokengym.rewards.learned import LearnedReward
@@ -44,7 +44,8 @@ def test_the_reward_model_is_built_once_and_reused(cache: Path, smol_tiny_llama,
     path = ensure_reward_model(TINY, progress=False, log=None, policy=smol_tiny_llama, reward_model=tiny_reward_model)
     assert path == cached_path(TINY) and path.is_relative_to(cache)
     info = json.loads((path / "build.json").read_text())
-    assert info["candidates"] == 12 * 2 and info["comparisons"] == 12  # one pair per prompt of 2 candidates
+    # one pair per prompt of 2 candidates, compared by each annotator
+    assert info["candidates"] == 12 * 2 and info["comparisons"] == 12 * TINY.annotators
     assert 0.0 <= info["heldout_gold_accuracy"] <= 1.0
     # A second call must find the cache and build nothing.
     monkeypatch.setattr(default_rm, "build_reward_model", lambda *a, **k: pytest.fail("rebuilt a cached model"))
@@ -57,9 +58,10 @@ def test_the_reward_model_is_built_once_and_reused(cache: Path, smol_tiny_llama,
 
 def test_a_changed_recipe_never_reuses_a_stale_model():
     assert cached_path(TINY) != cached_path(replace(TINY, annotator_accuracy=0.8))
-    assert cached_path(TINY) != cached_path(replace(TINY, annotators=3))
-    # Fields added later leave the name of a recipe at their defaults unchanged: caches stay valid.
-    assert cached_path(TINY) == cached_path(replace(TINY, annotators=1, max_comparisons=None, group_by_prompt=True))
+    assert cached_path(TINY) != cached_path(replace(TINY, annotators=1))
+    # Fields added later leave a recipe's name unchanged at the values it was built with: the model
+    # cached by the previous default recipe (one annotator, batches of 128) keeps its folder name.
+    assert RewardModelRecipe(annotators=1, rm_batch_size=128).key() == "5fdda98de0f1"
 
 
 def test_several_annotators_each_compare_every_pair_with_their_own_noise(cache: Path, smol_tiny_llama,
@@ -75,6 +77,7 @@ def test_several_annotators_each_compare_every_pair_with_their_own_noise(cache: 
 
     monkeypatch.setattr(LabelSimulator, "label_pairs", recording)
     recipe = replace(TINY, annotators=3)
+    assert DEFAULT_RECIPE.annotators == 3  # the main task's recipe
     info = default_rm.build_reward_model(cache / "rm3", recipe, progress=False, log=None, policy=smol_tiny_llama,
                                          reward_model=tiny_reward_model)
     assert info["comparisons"] == 3 * 12  # one pair per prompt, compared by each of the 3

@@ -259,7 +259,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     report = json.loads(report_path.read_text())
     # The device and precision the agent resolved ppo.device / ppo.dtype ("auto") to, with the machine.
     report.update({"after": after, "after_samples": after_samples[:8], "wall_time_s": wall,
-                   "iterations": agent.iteration, "stopped_at_kl": agent.stopped_at_kl, "torch_threads": torch.get_num_threads(),
+                   "iterations": agent.iteration, "stopped_at_kl": agent.stopped_at_kl, "rolled_back": agent.rolled_back, "torch_threads": torch.get_num_threads(),
                    "hardware": hardware_record(agent.device, agent.dtype)})
     atomic_write_text(report_path, json.dumps(report, indent=1))
     report["curves"] = str(plot)
@@ -340,9 +340,11 @@ def print_report(report: dict[str, Any], cfg: TrainConfig, log: Callable[[str], 
     print_table(f"Held-out evaluation ({cfg.eval_episodes} test prompts)", report["before"], report["after"], log)
     out = Path(cfg.output_dir)
     if report.get("stopped_at_kl") is not None:
+        kept = (f"over ppo.kl_rollback = {cfg.ppo.kl_rollback:g}, so the policy before the last update (after "
+                f"{report['iterations'] - 2} updates) is the one kept" if report.get("rolled_back") else
+                f"so the policy it measured (after {report['iterations'] - 1} updates) is the one kept")
         log(f"\nstopped at iteration {report['iterations']} of {cfg.iterations}: its rollout KL "
-            f"{report['stopped_at_kl']:.2f} reached ppo.kl_stop = {cfg.ppo.kl_stop:g}, so the policy it measured "
-            f"(after {report['iterations'] - 1} updates) is the one kept")
+            f"{report['stopped_at_kl']:.2f} reached ppo.kl_stop = {cfg.ppo.kl_stop:g}, {kept}")
     log(f"\nwall time {report['wall_time_s']:.0f} s; model: {out / 'final_model'}; curves: {report['curves']}; "
         f"report: {out / 'report.json'}")
 
