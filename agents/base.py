@@ -232,10 +232,10 @@ class OnPolicyAgent(UpdateLoop, ABC):
             if (self.config.kl_rollback is not None and mean_kl > self.config.kl_rollback
                     and self._before_update is not None):
                 # The last update jumped past the budget: keep the policy before it instead.
+                params = dict(self.ac.named_parameters())
                 with torch.no_grad():
-                    for name, p in self.ac.named_parameters():
-                        if name in self._before_update:
-                            p.copy_(self._before_update[name])
+                    for name, saved in self._before_update.items():
+                        params[name].copy_(saved)
                 self.rolled_back = True
         if self.stopped_at_kl is None:
             if self.config.kl_rollback is not None:
